@@ -12,6 +12,7 @@ the run with one line naming the file (and line) or the override, the key, and w
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from importlib import resources
 from pathlib import Path
@@ -216,10 +217,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         value = raw
     if isinstance(value, str):
         # YAML 1.1 reads "1e-3" as a string; a user writing lr=1e-3 means a number.
-        try:
+        with contextlib.suppress(ValueError):
             value = float(value) if any(c in value for c in ".eE") else int(value)
-        except ValueError:
-            pass
     return key.split("."), value
 
 

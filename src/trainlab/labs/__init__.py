@@ -1,0 +1,120 @@
+"""The lab registry and runner.
+
+A lab is a function ``run(ctx: LabContext) -> LabResult``: it configures components, measures,
+writes its plots into ``ctx.out_dir`` and returns a typed result. ``run_labs`` runs several, keeps
+going when one fails (recording the failure), and rewrites the report after every lab so an
+interrupted suite still leaves a readable report of what finished.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trainlab.env import EnvInfo, detect_env
+from trainlab.errors import UserError
+from trainlab.results import LabResult, SuiteResult
+
+
+@dataclass
+class LabContext:
+    out_dir: Path  # this lab's own folder, inside the suite folder
+    suite_dir: Path
+    preset: str
+    device: str
+    seed: int
+    env: EnvInfo
+    overrides: list[str] = field(default_factory=list)
+    quiet: bool = False
+
+    def rel(self, path: Path) -> str:
+        """A path relative to the suite folder (how figures are referenced from the report)."""
+        return str(Path(path).resolve().relative_to(self.suite_dir.resolve()))
+
+
+@dataclass(frozen=True)
+class LabSpec:
+    name: str
+    title: str
+    seeds: str
+    description: str
+    module: str  # the module defining ``run(ctx) -> LabResult``
+
+    def runner(self) -> Callable[[LabContext], LabResult]:
+        return importlib.import_module(self.module).run
+
+
+LABS: dict[str, LabSpec] = {
+    spec.name: spec
+    for spec in [
+        LabSpec("base", "Base: pre-training the embedded decoder", "000, 002",
+                "pre-training curve vs unigram entropy, sample generations, oracle accuracy per task",
+                "trainlab.labs.base"),
+    ]
+}
+
+PRESETS = ("tiny", "quick", "full")  # tiny: seconds, for tests
+
+
+def resolve_lab_names(names: list[str]) -> list[str]:
+    if not names or names == ["all"]:
+        return list(LABS)
+    out: list[str] = []
+    for name in names:
+        if name == "all":
+            out.extend(n for n in LABS if n not in out)
+        elif name not in LABS:
+            raise UserError(f"unknown lab {name!r}; expected one of: {', '.join(LABS)} or all")
+        elif name not in out:
+            out.append(name)
+    return out
+
+
+def run_labs(
+    names: list[str],
+    *,
+    out_dir: str | Path,
+    preset: str = "quick",
+    device: str = "auto",
+    seed: int = 0,
+    overrides: list[str] | None = None,
+    quiet: bool = False,
+    command: str = "",
+    on_done: Callable[[LabResult], None] | None = None,
+) -> SuiteResult:
+    from trainlab.report import write_report
+    from trainlab.train.device import resolve_device
+
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    lab_names = resolve_lab_names(names)
+    dev = str(resolve_device(device))
+    env = detect_env()
+    suite_dir = Path(out_dir)
+    suite_dir.mkdir(parents=True, exist_ok=True)
+    suite = SuiteResult(env=env.to_dict(), command=command)
+    for name in lab_names:
+        spec = LABS[name]
+        ctx = LabContext(out_dir=suite_dir / name, suite_dir=suite_dir, preset=preset, device=dev,
+                         seed=seed, env=env, overrides=list(overrides or []), quiet=quiet)
+        ctx.out_dir.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        try:
+            result = spec.runner()(ctx)
+        except UserError:
+            raise
+        except Exception as exc:  # a failed lab is recorded; the suite goes on
+            result = LabResult(lab=name, title=spec.title, status="failed",
+                               error=f"{type(exc).__name__}: {exc}", preset=preset, device=dev, seed=seed)
+            (ctx.out_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+        result.wall_time_s = time.perf_counter() - start
+        result.env = env.to_dict()
+        suite.labs.append(result)
+        write_report(suite, suite_dir)
+        if on_done is not None:
+            on_done(result)
+    return suite

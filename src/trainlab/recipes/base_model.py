@@ -1,0 +1,72 @@
+"""The embedded base model: pre-trained once with the ``quick`` preset and cached.
+
+Commands that need a model and get none (``trainlab generate``, later ``sft``/``dpo``/...) use it.
+It lives under ``$TRAINLAB_HOME/models/base-<key>/model`` where the key hashes the exact config,
+so a change of the preset trains a new one instead of silently reusing a stale one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from trainlab.config import RunConfig, load_config
+from trainlab.paths import trainlab_home
+
+log = logging.getLogger(__name__)
+
+
+def base_model_config(preset: str = "quick") -> RunConfig:
+    return load_config(preset=preset)
+
+
+def base_model_dir(cfg: RunConfig) -> Path:
+    """The cache folder for a base model trained with ``cfg`` (the device does not change the key)."""
+    described = cfg.model_dump(mode="json")
+    described["train"].pop("device", None)
+    key = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:12]
+    return trainlab_home() / "models" / f"base-{key}"
+
+
+def publish_base_model(cfg: RunConfig, model_dir: Path) -> bool:
+    """Copy a model trained with exactly the base config into the cache (the base lab does this,
+    so later labs and commands reuse it instead of training it again). True if copied."""
+    if cfg.model_dump(exclude={"train": {"device"}}) != base_model_config().model_dump(exclude={"train": {"device"}}):
+        return False
+    root = base_model_dir(cfg)
+    target = root / "model"
+    if (target / "config.json").is_file():
+        return False
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / ".model.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(model_dir, tmp)
+    tmp.rename(target)
+    return True
+
+
+def embedded_base_model(preset: str = "quick", *, quiet: bool = True) -> Path:
+    """Path of the cached base model folder (HF format), training it first if it is not there.
+
+    A file lock makes two processes asking at once train it only once.
+    """
+    from trainlab.recipes.pretrain import run_pretrain
+
+    cfg = base_model_config(preset)
+    root = base_model_dir(cfg)
+    model_dir = root / "model"
+    if (model_dir / "config.json").is_file():
+        return model_dir
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (model_dir / "config.json").is_file():
+            log.warning("training the embedded base model once (preset %s) into %s", preset, root)
+            run_pretrain(cfg, root / "run", quiet=quiet)
+            (root / "run" / "model").rename(model_dir)
+    return model_dir
