@@ -1,0 +1,129 @@
+"""Optimizers and the learning-rate schedule.
+
+`build_optimizer(model, cfg)` returns the optimizer named by ``cfg.optim``; `build_scheduler`
+returns the warm-up + cosine schedule of `trainlab.optim.schedule`.
+
+Weight decay goes to parameters with two or more dimensions — the weight matrices of linear
+layers *and the embedding table* — and not to one-dimensional ones (biases, RMSNorm/LayerNorm
+gains). This is nanoGPT's rule (``p.dim() >= 2``). Rationale: decay is a prior that pulls a weight
+toward 0; for a norm gain the natural centre is 1, and a bias is a shift whose size carries no
+capacity cost, so decaying either only fights the model. The embedding table is decayed like any
+matrix: with tied embeddings it *is* the LM head, and GPT-2/nanoGPT train well with it decayed.
+(Some recipes exempt embeddings; that is a one-line change of `decay_mask`.)
+
+AdamW: Loshchilov & Hutter, "Decoupled Weight Decay Regularization" (ICLR 2019) — the decay
+``θ ← θ − lr·λ·θ`` is applied outside the adaptive update, so it is not rescaled by ``1/√v``.
+
+New optimizers register a builder with `register_optimizer` (``optim/lion.py`` will add
+``"lion"``); ``cfg.optim`` names the builder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainlab.config import TrainConfig
+from trainlab.errors import UserError
+from trainlab.optim.schedule import CosineWarmupScheduler, cosine_with_warmup
+
+ParamGroups = list[dict[str, Any]]
+OptimizerBuilder = Callable[[ParamGroups, TrainConfig], torch.optim.Optimizer]
+
+_BUILDERS: dict[str, OptimizerBuilder] = {}
+
+
+def register_optimizer(name: str) -> Callable[[OptimizerBuilder], OptimizerBuilder]:
+    """Decorator: make ``builder(param_groups, cfg)`` available as ``cfg.optim == name``."""
+
+    def deco(builder: OptimizerBuilder) -> OptimizerBuilder:
+        _BUILDERS[name] = builder
+        return builder
+
+    return deco
+
+
+def available_optimizers() -> list[str]:
+    return sorted(_BUILDERS)
+
+
+def decay_mask(name: str, param: nn.Parameter) -> bool:
+    """True if ``param`` gets weight decay: every tensor with ``ndim >= 2`` (see module docstring)."""
+    del name  # the rule is by shape; the name is there for recipes that exempt by name
+    return param.ndim >= 2
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> ParamGroups:
+    """Two groups, ``decay`` (weight_decay) and ``no_decay`` (0.0), of trainable parameters.
+
+    ``named_parameters()`` yields a tied parameter once, so a tied embedding/LM-head is not
+    stepped twice. Frozen parameters (``requires_grad=False``, e.g. a LoRA base) are left out.
+    """
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    decay_names: list[str] = []
+    no_decay_names: list[str] = []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if decay_mask(name, p):
+            decay.append(p)
+            decay_names.append(name)
+        else:
+            no_decay.append(p)
+            no_decay_names.append(name)
+    groups: ParamGroups = []
+    # "param_names" is torch's own key (>= 2.6) for naming a group's parameters; it travels
+    # with the optimizer's state_dict, which makes saved optimizer states self-describing.
+    if decay:
+        groups.append({"params": decay, "weight_decay": weight_decay, "param_names": decay_names})
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0, "param_names": no_decay_names})
+    if not groups:
+        raise UserError("the model has no trainable parameters")
+    return groups
+
+
+@register_optimizer("adamw")
+def _adamw(groups: ParamGroups, cfg: TrainConfig) -> torch.optim.Optimizer:
+    # foreach (the default on every device) batches the per-parameter math into a few kernels;
+    # "fused" would be faster on CUDA but is not bit-identical with the CPU path we test on.
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+                             weight_decay=cfg.weight_decay)
+
+
+@register_optimizer("sgd")
+def _sgd(groups: ParamGroups, cfg: TrainConfig) -> torch.optim.Optimizer:
+    # Heavy-ball momentum μ = beta1 (0.9 by default): v ← μ·v + g, θ ← θ − lr·v. The decay here
+    # is L2 (added to g), which for SGD is equivalent to decoupled decay up to a rescaling of λ.
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.beta1, weight_decay=cfg.weight_decay)
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer ``cfg.optim`` over ``model``'s trainable parameters, decay groups as above."""
+    builder = _BUILDERS.get(cfg.optim)
+    if builder is None:
+        expected = ", ".join(available_optimizers())
+        raise UserError(f"unknown optimizer {cfg.optim!r}; expected one of {expected}", key="train.optim")
+    return builder(param_groups(model, cfg.weight_decay), cfg)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> CosineWarmupScheduler:
+    """Warm-up for ``cfg.warmup_steps`` updates, cosine to ``cfg.lr · cfg.min_lr_ratio`` at ``max_steps``."""
+    return CosineWarmupScheduler(optimizer, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
+                                 min_lr_ratio=cfg.min_lr_ratio)
+
+
+__all__ = [
+    "CosineWarmupScheduler",
+    "available_optimizers",
+    "build_optimizer",
+    "build_scheduler",
+    "cosine_with_warmup",
+    "decay_mask",
+    "param_groups",
+    "register_optimizer",
+]

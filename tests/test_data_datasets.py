@@ -1,0 +1,129 @@
+"""Token datasets: packing, the SFT prompt/completion boundary in token space, truncation, collation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import PreTrainedTokenizerFast
+
+from trainlab.data.corpus import generate_corpus
+from trainlab.data.datasets import (
+    IGNORE_INDEX,
+    PackedLMDataset,
+    SFTDataset,
+    collate_left_padded_prompts,
+    collate_padded,
+    tokenize_documents,
+)
+from trainlab.data.loaders import SFTRecord
+from trainlab.data.tasks import make_task_records
+from trainlab.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, train_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok() -> PreTrainedTokenizerFast:
+    return train_tokenizer(generate_corpus(300, 0) + [r.text for r in make_task_records(600, 0)], 500)
+
+
+def _ids(tok: PreTrainedTokenizerFast, text: str) -> list[int]:
+    return tok.encode(text, add_special_tokens=False)
+
+
+def test_tokenize_documents_wraps_each_in_bos_eos(tok: PreTrainedTokenizerFast) -> None:
+    docs = ["Tom went home.", "12+35=47"]
+    out = tokenize_documents(tok, docs)
+    for doc, ids in zip(docs, out, strict=True):
+        assert ids == [BOS_ID, *_ids(tok, doc), EOS_ID]
+    assert tokenize_documents(tok, []) == []
+
+
+def test_packing_cuts_full_windows_of_the_concatenation() -> None:
+    lists = [list(range(10, 17)), list(range(20, 25)), list(range(30, 42))]  # 24 tokens
+    flat = [t for ids in lists for t in ids]
+    ds = PackedLMDataset(lists, seq_len=5)
+    assert len(ds) == 4 and ds.n_tokens == 20 and ds.n_tokens_total == 24
+    for i in range(len(ds)):
+        item = ds[i]
+        assert set(item) == {"input_ids", "labels", "attention_mask"}
+        assert all(v.dtype == torch.long and v.shape == (5,) for v in item.values())
+        assert item["input_ids"].tolist() == flat[5 * i : 5 * i + 5]
+        assert torch.equal(item["labels"], item["input_ids"])
+        assert item["attention_mask"].tolist() == [1] * 5
+    item = ds[0]
+    item["labels"][0] = IGNORE_INDEX  # an objective masking labels in place must not corrupt the data
+    assert ds[0]["labels"][0] == 10
+    assert torch.equal(PackedLMDataset(torch.tensor(flat), 5).windows, ds.windows)
+    with pytest.raises(ValueError, match="fewer than one window"):
+        PackedLMDataset([[1, 2, 3]], seq_len=5)
+
+
+def test_sft_labels_cover_exactly_completion_and_eos(tok: PreTrainedTokenizerFast) -> None:
+    records = [SFTRecord("12+35=", "47"), SFTRecord("The capital of Zorvia is", " Meltan."),
+               SFTRecord("Hello wor", "ld and more")]  # jointly, "world" might merge across the boundary
+    ds = SFTDataset(tok, records, max_len=64)
+    assert len(ds) == 3 and ds.dropped == 0 and ds.truncated == 0
+    for record, item in zip(records, ds, strict=True):
+        p, c = _ids(tok, record.prompt), _ids(tok, record.completion)
+        assert item["input_ids"].tolist() == [BOS_ID, *p, *c, EOS_ID]
+        assert item["labels"].tolist() == [IGNORE_INDEX] * (1 + len(p)) + [*c, EOS_ID]
+        assert item["attention_mask"].tolist() == [1] * (len(p) + len(c) + 2)
+        supervised = item["input_ids"][item["labels"] != IGNORE_INDEX].tolist()
+        assert tok.decode(supervised) == record.completion + "<eos>"
+
+
+def test_sft_truncation_prompt_left_completion_right(tok: PreTrainedTokenizerFast) -> None:
+    prompt = "sort 1 2 3 4 5 6 7 8 9 1 2 3 4 5 6 7 8 9="  # 38 tokens
+    completion = "1 1 2 2 3 3 4 4 5 5"  # 19 tokens
+    p, c = _ids(tok, prompt), _ids(tok, completion)
+    ds = SFTDataset(tok, [SFTRecord(prompt, completion)], max_len=21, max_prompt_len=8)
+    item = ds[0]
+    assert ds.truncated == 1 and ds.dropped == 0
+    # room for 20 after bos: prompt keeps its last 8 tokens, completion its first 12, no eos
+    assert item["input_ids"].tolist() == [BOS_ID, *p[-8:], *c[:12]]
+    assert item["labels"].tolist() == [IGNORE_INDEX] * 9 + c[:12]
+    assert EOS_ID not in item["labels"].tolist()
+
+
+def test_sft_prompt_only_gives_up_what_is_needed(tok: PreTrainedTokenizerFast) -> None:
+    prompt, completion = "1 2 3 4 5 6 7 8 9 1=", "5"  # 20 prompt tokens, 1 completion token
+    p = _ids(tok, prompt)
+    ds = SFTDataset(tok, [SFTRecord(prompt, completion)], max_len=20)
+    item = ds[0]
+    # room 19 = 17 prompt tokens + completion + eos (more than max_prompt_len=10 is kept)
+    assert item["input_ids"].tolist() == [BOS_ID, *p[-17:], *_ids(tok, completion), EOS_ID]
+    assert item["labels"].tolist()[-2:] == [*_ids(tok, completion), EOS_ID]
+
+
+def test_sft_drops_and_counts_records_without_completion_tokens(tok: PreTrainedTokenizerFast) -> None:
+    long_prompt = "Tom went to the park and saw a red ball near the tree."
+    records = [SFTRecord(long_prompt, "Yes."), SFTRecord("Hi", "Yes."), SFTRecord("Hi", "")]
+    ds = SFTDataset(tok, records, max_len=8, max_prompt_len=7)
+    assert len(ds) == 1 and ds.dropped == 2 and ds.kept_indices == [1]
+    hi = _ids(tok, "Hi")
+    assert ds[0]["input_ids"].tolist()[: 1 + len(hi)] == [BOS_ID, *hi]
+
+
+def test_collate_padded_pads_right(tok: PreTrainedTokenizerFast) -> None:
+    ds = SFTDataset(tok, [SFTRecord("1+1=", "2"), SFTRecord("The capital of Zorvia is", " Meltan.")], 64)
+    batch = collate_padded([ds[0], ds[1]], pad_id=PAD_ID)
+    n0, n1 = len(ds[0]["input_ids"]), len(ds[1]["input_ids"])
+    assert n0 < n1 and batch["input_ids"].shape == (2, n1)
+    assert batch["input_ids"][0, :n0].tolist() == ds[0]["input_ids"].tolist()
+    assert batch["input_ids"][0, n0:].tolist() == [PAD_ID] * (n1 - n0)
+    assert batch["labels"][0, n0:].tolist() == [IGNORE_INDEX] * (n1 - n0)
+    assert batch["attention_mask"].tolist() == [[1] * n0 + [0] * (n1 - n0), [1] * n1]
+    assert torch.equal(batch["labels"][1], ds[1]["labels"])
+
+
+def test_left_padded_prompts_for_generation(tok: PreTrainedTokenizerFast) -> None:
+    prompts = ["1+1=", "The capital of Zorvia is"]
+    ids, mask = collate_left_padded_prompts(tok, prompts)
+    rows = [[BOS_ID, *_ids(tok, p)] for p in prompts]
+    width = max(map(len, rows))
+    assert ids.shape == mask.shape == (2, width)
+    for i, row in enumerate(rows):
+        pad = width - len(row)
+        assert ids[i].tolist() == [PAD_ID] * pad + row
+        assert mask[i].tolist() == [0] * pad + [1] * len(row)
+    no_bos, _ = collate_left_padded_prompts(tok, ["1+1="], add_bos=False)
+    assert no_bos[0].tolist() == _ids(tok, "1+1=")
