@@ -18,7 +18,7 @@ def load_suite(path: str | Path) -> SuiteResult:
     return SuiteResult.model_validate_json(Path(path).read_text(encoding="utf-8"))
 
 
-def _fmt(value: Any) -> str:
+def fmt_value(value: Any) -> str:
     if isinstance(value, float):
         if value != value:  # NaN
             return "nan"
@@ -35,10 +35,10 @@ def _fmt(value: Any) -> str:
 
 
 def _md_cell(value: Any) -> str:
-    return _fmt(value).replace("|", "\\|").replace("\n", " ")
+    return fmt_value(value).replace("|", "\\|").replace("\n", " ")
 
 
-def _hardware(env: dict[str, Any]) -> str:
+def hardware_line(env: dict[str, Any]) -> str:
     if env.get("device") == "cuda":
         return f"{env.get('gpu_name')} (compute {env.get('compute_capability')}), torch {env.get('torch_version')}"
     mem = (env.get("memory_bytes") or 0) / 2**30
@@ -49,7 +49,7 @@ def _hardware(env: dict[str, Any]) -> str:
 def _lab_markdown(lab: LabResult) -> list[str]:
     out = [f"## {lab.title} (`{lab.lab}`)", ""]
     out.append(f"*Preset `{lab.preset}`, device `{lab.device}`, seed {lab.seed}, "
-               f"{lab.wall_time_s:.0f} s, hardware: {_hardware(lab.env)}.*")
+               f"{lab.wall_time_s:.0f} s, hardware: {hardware_line(lab.env)}.*")
     out.append("")
     if lab.status != "ok":
         out += [f"**{lab.status.upper()}**: {lab.error or ''}", ""]
@@ -79,7 +79,7 @@ def render_markdown(suite: SuiteResult) -> str:
     lines = ["# trainlab report", ""]
     lines.append(f"Generated {suite.created_at} by trainlab {suite.trainlab_version}"
                  + (f" (`{suite.command}`)" if suite.command else "") + ".")
-    lines += ["", f"Hardware: {_hardware(suite.env)}.", ""]
+    lines += ["", f"Hardware: {hardware_line(suite.env)}.", ""]
     lines += ["| lab | status | wall time (s) |", "| --- | --- | --- |"]
     for lab in suite.labs:
         lines.append(f"| [{lab.title}](#{lab.lab}) | {lab.status} | {lab.wall_time_s:.0f} |")
@@ -104,13 +104,13 @@ figcaption{color:#555;font-size:.9em}
 
 
 def _e(value: Any) -> str:
-    return html.escape(_fmt(value))
+    return html.escape(fmt_value(value))
 
 
 def _lab_html(lab: LabResult) -> list[str]:
     out = [f'<h2 id="{_e(lab.lab)}">{_e(lab.title)} <code>{_e(lab.lab)}</code></h2>']
     out.append(f'<p class="meta">Preset <code>{_e(lab.preset)}</code>, device <code>{_e(lab.device)}</code>, '
-               f"seed {lab.seed}, {lab.wall_time_s:.0f} s, hardware: {_e(_hardware(lab.env))}.</p>")
+               f"seed {lab.seed}, {lab.wall_time_s:.0f} s, hardware: {_e(hardware_line(lab.env))}.</p>")
     if lab.status != "ok":
         out.append(f'<p class="status-{lab.status}">{_e(lab.status.upper())}: {_e(lab.error or "")}</p>')
     out += [f"<p>{_e(p)}</p>" for p in lab.summary]
@@ -140,7 +140,7 @@ def render_html(suite: SuiteResult) -> str:
     body = ["<h1>trainlab report</h1>",
             f'<p class="meta">Generated {_e(suite.created_at)} by trainlab {_e(suite.trainlab_version)}'
             + (f" (<code>{_e(suite.command)}</code>)" if suite.command else "") + "</p>",
-            f"<p>Hardware: {_e(_hardware(suite.env))}.</p>",
+            f"<p>Hardware: {_e(hardware_line(suite.env))}.</p>",
             "<table><tr><th>lab</th><th>status</th><th>wall time (s)</th></tr>"]
     for lab in suite.labs:
         body.append(f'<tr><td><a href="#{_e(lab.lab)}">{_e(lab.title)}</a></td>'
