@@ -104,3 +104,18 @@ def test_pretrain_then_generate(tmp_path: Path) -> None:
     rows = json.loads(proc.stdout)
     assert [r["prompt"] for r in rows] == ["12+3=", "The cat"]
     assert all(isinstance(r["completion"], str) for r in rows)
+
+
+def test_pretrain_on_user_text(tmp_path: Path) -> None:
+    """User text with no tokenizer: a BPE is trained on it and saved with the model."""
+    from trainlab.data.corpus import generate_corpus
+
+    data = tmp_path / "texts.txt"
+    data.write_text("\n\n".join(generate_corpus(300, seed=5)) + "\n")
+    out = tmp_path / "mine"
+    proc = trainlab("pretrain", "--preset", "tiny", "--data", str(data), "--out", str(out), "--max-steps", "3",
+                    "--json", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["steps"] == 3 and str(data) in summary["data"]["tokenizer"]
+    assert (out / "model" / "tokenizer.json").is_file()

@@ -1,7 +1,8 @@
 """The pretraining data a run uses: the embedded corpus + task lines, or the user's documents.
 
 ``build_pretraining_data(cfg)`` is the one entry point the trainer needs: it picks the tokenizer
-(the cached embedded BPE unless ``cfg.tokenizer`` names one), reads or generates the documents,
+(``cfg.tokenizer`` if given; else a BPE trained on the user's text; else the cached embedded
+BPE), reads or generates the documents,
 splits train/validation, tokenizes and packs them into fixed ``cfg.seq_len`` windows.
 
 The embedded mix: ``cfg.task_fraction`` of the ``cfg.n_documents`` documents are blocks of a few
@@ -27,7 +28,7 @@ from trainlab.data.corpus import DATA_VERSION, generate_corpus
 from trainlab.data.datasets import PackedLMDataset, flatten_token_lists, tokenize_documents
 from trainlab.data.loaders import SFTRecord, load_text_documents
 from trainlab.data.tasks import TaskRecord, make_task_records
-from trainlab.data.tokenizer import embedded_tokenizer, embedded_tokenizer_key, load_tokenizer
+from trainlab.data.tokenizer import embedded_tokenizer, embedded_tokenizer_key, load_tokenizer, train_tokenizer
 from trainlab.errors import UserError
 from trainlab.paths import trainlab_home
 from trainlab.utils import atomic_write
@@ -160,9 +161,16 @@ def build_pretraining_data(cfg: DataConfig) -> PretrainingData:
     With ``source: embedded`` and the embedded tokenizer the token streams are cached under
     ``trainlab_home()/data/`` (`embedded_data_cache_path`); user data is read fresh every time.
     """
+    # User data is read (and validated) first, so a bad file fails before any expensive work.
+    docs = load_text_documents(cfg.source, cfg.text_key) if cfg.source != "embedded" else None
     if cfg.tokenizer:
         tok = load_tokenizer(cfg.tokenizer)
         tokenizer_name = str(Path(cfg.tokenizer).expanduser())
+    elif docs is not None:
+        # The user's own text with no tokenizer given: a BPE trained on that text fits it far
+        # better than the embedded one (trained on the embedded corpus's few hundred words).
+        tok = train_tokenizer(docs, cfg.vocab_size)
+        tokenizer_name = f"bpe{cfg.vocab_size} trained on {cfg.source}"
     else:
         tok = embedded_tokenizer(cfg.vocab_size, cfg.seed)
         tokenizer_name = f"embedded:{embedded_tokenizer_key(cfg.vocab_size, cfg.seed)}"
@@ -175,7 +183,7 @@ def build_pretraining_data(cfg: DataConfig) -> PretrainingData:
                     cache=str(cache) if cache else None)
         hint = "raise data.n_documents or data.val_fraction, or lower data.seq_len"
     else:
-        docs = load_text_documents(cfg.source, cfg.text_key)
+        assert docs is not None
         train_ids, val_ids, how = split_token_lists(tokenize_documents(tok, docs), cfg.val_fraction,
                                                     cfg.seq_len, cfg.seed)
         train_tokens, val_tokens = flatten_token_lists(train_ids), flatten_token_lists(val_ids)
