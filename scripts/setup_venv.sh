@@ -20,20 +20,21 @@ if [ ! -x "$VENV/bin/python" ]; then
   fi
 fi
 PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
+quiet() { { grep -v -E "^WARNING: Location" || true; }; }  # drop pip's noise about local index folders
 if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     echo "setup: NVIDIA GPU found: installing torch with CUDA"
-    $PIP install "torch"
+    $PIP install "torch" 2>&1 | quiet
   else
     echo "setup: no GPU: installing the CPU build of torch==$TORCH_VERSION"
-    $PIP install "torch==$TORCH_VERSION"
+    $PIP install "torch==$TORCH_VERSION" 2>&1 | quiet
   fi
 fi
 # Installing trainlab after torch: its `torch>=2.4` requirement is then already met, so pip
 # never swaps the torch chosen above for another build.
 stamp="$VENV/.trainlab-$EXTRAS-$(cat pyproject.toml | cksum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ]; then
-  $PIP install -e ".[$EXTRAS]" 2>&1 | grep -v -E "^WARNING: Location" || true
+  $PIP install -e ".[$EXTRAS]" 2>&1 | quiet
   "$VENV/bin/python" -c "import trainlab, torch; print('setup: trainlab', trainlab.__version__, 'torch', torch.__version__)"
   touch "$stamp"
 fi
