@@ -106,7 +106,7 @@ class TrainConfig(StrictModel):
     beta2: float = Field(0.95, ge=0, lt=1)
     eps: float = Field(1e-8, gt=0)
     grad_clip: float = Field(1.0, ge=0, description="max global grad norm; 0 disables clipping")
-    optim: Literal["adamw", "sgd"] = "adamw"
+    optim: Literal["adamw", "sgd", "lion"] = "adamw"
     precision: Precision = "fp32"
     init_loss_scale: float = Field(2.0**16, gt=0)
     eval_every: int = Field(50, ge=0, description="0: only at the end")

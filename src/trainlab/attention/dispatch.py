@@ -7,7 +7,9 @@ serve: devices, dtypes, head sizes, features. Each backend therefore declares a 
 and the dispatcher matches it against the features of the call (:class:`AttentionCall`):
 
 * ``backend="auto"`` picks the highest-priority backend that supports the call and can say why
-  (``resolve_backend`` returns the reason, listing what was skipped and for what);
+  (``resolve_backend`` returns the reason, listing what was skipped and for what). A backend's
+  priority may depend on the call (its ``rank`` hook): e.g. the Triton kernel ranks above SDPA only
+  where SDPA loses its fused kernels (masks, windows), and never on the CPU interpreter;
 * a named backend that cannot serve the call raises :class:`AttentionBackendError` (a
   :class:`~trainlab.errors.UserError`) naming the backend, the reason and what would work. A
   backend is never silently replaced, and never run on a call it does not support, because a
@@ -16,6 +18,10 @@ and the dispatcher matches it against the features of the call (:class:`Attentio
 Later backends (``flash_torch``, ``triton``, ``flash_attn``) register themselves with
 :func:`register_backend`, with an ``available`` hook for optional imports and a ``check`` hook for
 anything the declarative fields do not cover.
+
+Sliding windows (``window=(left, right)``, see :mod:`trainlab.attention.mask`) are an optional
+feature: a backend declares ``Supports(window=True)`` and then receives ``window=`` as a keyword;
+backends that do not declare it are never called with a window (and never receive the keyword).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from trainlab.attention.mask import Window, normalize_window
 from trainlab.errors import UserError
 
 FLOAT_DTYPES: frozenset[torch.dtype] = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
@@ -44,6 +51,7 @@ class AttentionFn(Protocol):
         causal: bool = False,
         key_padding_mask: Tensor | None = None,
         scale: float | None = None,
+        window: Window | None = None,
     ) -> Tensor: ...
 
 
@@ -64,6 +72,7 @@ class AttentionCall:
     padding_mask: bool
     gqa: bool
     requires_grad: bool
+    window: bool = False
 
     @classmethod
     def of(
@@ -74,6 +83,7 @@ class AttentionCall:
         *,
         causal: bool = False,
         key_padding_mask: Tensor | None = None,
+        window: Window | None = None,
     ) -> AttentionCall:
         k = q if k is None else k
         v = k if v is None else v
@@ -87,6 +97,7 @@ class AttentionCall:
             padding_mask=key_padding_mask is not None,
             gqa=q.shape[1] != k.shape[1],
             requires_grad=torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad),
+            window=normalize_window(window, causal) not in (None, (-1, 0)),
         )
 
     def describe(self) -> str:
@@ -97,6 +108,8 @@ class AttentionCall:
             parts.append("padding_mask")
         if self.gqa:
             parts.append("gqa")
+        if self.window:
+            parts.append("window")
         if self.requires_grad:
             parts.append("backward")
         return "/".join(parts)
@@ -121,6 +134,7 @@ class Supports:
     padding_mask: bool = True
     gqa: bool = True
     backward: bool = True
+    window: bool = False
     available: Callable[[], str | None] | None = None
     check: Callable[[AttentionCall], str | None] | None = None
 
@@ -148,18 +162,28 @@ class Supports:
             return "grouped-query attention (Hq != Hkv) not supported"
         if call.requires_grad and not self.backward:
             return "backward not supported (inputs require grad)"
+        if call.window and not self.window:
+            return "sliding window not supported"
         return self.check(call) if self.check is not None else None
 
 
 @dataclass(frozen=True)
 class Backend:
-    """A registered backend: its function, what it supports and how much ``auto`` prefers it."""
+    """A registered backend: its function, what it supports and how much ``auto`` prefers it.
+
+    ``rank(call)``, when given, replaces ``priority`` for that call under ``auto`` (a backend that is
+    fastest only for some shapes or devices); a forced backend ignores it.
+    """
 
     name: str
     fn: AttentionFn
     supports: Supports = field(default_factory=Supports)
     priority: int = 0
     description: str = ""
+    rank: Callable[[AttentionCall], int] | None = None
+
+    def priority_for(self, call: AttentionCall) -> int:
+        return self.rank(call) if self.rank is not None else self.priority
 
 
 _REGISTRY: dict[str, Backend] = {}
@@ -177,13 +201,14 @@ def register_backend(
     priority: int = 0,
     description: str = "",
     replace: bool = False,
+    rank: Callable[[AttentionCall], int] | None = None,
 ) -> Backend:
-    """Add a backend under ``name``. Higher ``priority`` wins under ``backend="auto"``."""
+    """Add a backend under ``name``. Higher ``priority`` (or ``rank(call)``) wins under ``backend="auto"``."""
     if name == "auto":
         raise ValueError("'auto' is reserved for automatic selection")
     if name in _REGISTRY and not replace:
         raise ValueError(f"attention backend {name!r} is already registered (pass replace=True)")
-    backend = Backend(name, fn, supports or Supports(), priority, description)
+    backend = Backend(name, fn, supports or Supports(), priority, description, rank)
     _REGISTRY[name] = backend
     _RESOLVED.clear()
     return backend
@@ -240,7 +265,9 @@ def _resolve(name: str, call: AttentionCall) -> tuple[str, str, str | None]:
     else:
         skipped: list[str] = []
         result = ("", "", f"no attention backend supports {call.describe()}")
-        for candidate in registered_backends():
+        # Stable sort: equal call priorities keep the registry's static order.
+        ranked = sorted(registered_backends(), key=lambda n: -_REGISTRY[n].priority_for(call))
+        for candidate in ranked:
             reason = _REGISTRY[candidate].supports.why_not(call)
             if reason is None:
                 why = f"auto chose {candidate!r} (highest priority supporting {call.describe()})"
@@ -258,6 +285,14 @@ def _resolve(name: str, call: AttentionCall) -> tuple[str, str, str | None]:
     return result
 
 
+def _canonical(causal: bool, window: Window | None) -> tuple[bool, Window | None]:
+    """``(causal, window)`` with a window that only repeats causality (or nothing) dropped."""
+    positional = normalize_window(window, causal)
+    if positional == (-1, 0):
+        return True, None
+    return causal, positional
+
+
 def resolve_backend(
     name: str,
     q: Tensor,
@@ -266,13 +301,16 @@ def resolve_backend(
     *,
     causal: bool = False,
     key_padding_mask: Tensor | None = None,
+    window: Window | None = None,
 ) -> tuple[str, str]:
     """Which backend ``attention(q, k, v, ..., backend=name)`` would run, and why.
 
     Raises :class:`AttentionBackendError` for an unknown name, or when the named backend (or, for
     ``"auto"``, every backend) cannot serve the call.
     """
-    chosen, reason, error = _resolve(name, AttentionCall.of(q, k, v, causal=causal, key_padding_mask=key_padding_mask))
+    causal, window = _canonical(causal, window)
+    call = AttentionCall.of(q, k, v, causal=causal, key_padding_mask=key_padding_mask, window=window)
+    chosen, reason, error = _resolve(name, call)
     if error is not None:
         raise AttentionBackendError(error)
     return chosen, reason
@@ -286,16 +324,23 @@ def attention(
     causal: bool = False,
     key_padding_mask: Tensor | None = None,
     scale: float | None = None,
+    window: Window | None = None,
     backend: str = "auto",
 ) -> Tensor:
     """Scaled dot-product attention ``softmax(q kᵀ · scale + mask) v`` on the chosen backend.
 
     Shapes: ``q [B,Hq,Tq,D]``, ``k, v [B,Hkv,Tk,D]`` with ``Hq % Hkv == 0``; returns ``[B,Hq,Tq,D]``.
     ``causal`` is bottom-right aligned (query ``i`` sees keys ``j <= i + Tk - Tq``);
-    ``key_padding_mask [B,Tk]`` is True for real keys; ``scale`` defaults to ``1/sqrt(D)``.
+    ``key_padding_mask [B,Tk]`` is True for real keys; ``scale`` defaults to ``1/sqrt(D)``;
+    ``window=(left, right)`` restricts each query to a band of keys around its diagonal (-1: unbounded).
     """
-    call = AttentionCall.of(q, k, v, causal=causal, key_padding_mask=key_padding_mask)
+    if window is not None:
+        causal, window = _canonical(causal, window)
+    call = AttentionCall.of(q, k, v, causal=causal, key_padding_mask=key_padding_mask, window=window)
     chosen, _, error = _resolve(backend, call)
     if error is not None:
         raise AttentionBackendError(error)
-    return _REGISTRY[chosen].fn(q, k, v, causal=causal, key_padding_mask=key_padding_mask, scale=scale)
+    fn = _REGISTRY[chosen].fn
+    if window is not None:
+        return fn(q, k, v, causal=causal, key_padding_mask=key_padding_mask, scale=scale, window=window)
+    return fn(q, k, v, causal=causal, key_padding_mask=key_padding_mask, scale=scale)

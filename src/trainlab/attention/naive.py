@@ -21,7 +21,7 @@ import math
 import torch
 from torch import Tensor
 
-from trainlab.attention.mask import check_qkv, open_empty_rows, visibility_mask
+from trainlab.attention.mask import Window, check_qkv, open_empty_rows, visibility_mask
 
 
 def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
@@ -39,6 +39,7 @@ def naive_attention(
     causal: bool = False,
     key_padding_mask: Tensor | None = None,
     scale: float | None = None,
+    window: Window | None = None,
 ) -> Tensor:
     """Attention over ``q [B,Hq,Tq,D]``, ``k, v [B,Hkv,Tk,D]`` -> ``[B,Hq,Tq,Dv]`` in q's dtype.
 
@@ -53,7 +54,8 @@ def naive_attention(
 
     scores = torch.matmul(q, k.transpose(-2, -1)) * scale
     scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
-    mask = visibility_mask(q.shape[2], k.shape[2], causal=causal, key_padding_mask=key_padding_mask, device=q.device)
+    mask = visibility_mask(q.shape[2], k.shape[2], causal=causal, key_padding_mask=key_padding_mask, device=q.device,
+                           window=window)
     empty = None
     if mask is not None:
         mask, empty = open_empty_rows(mask)

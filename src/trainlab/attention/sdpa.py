@@ -13,6 +13,9 @@ a math implementation otherwise. This wrapper only translates our conventions:
   some kernels return NaN for them (see :func:`trainlab.attention.mask.open_empty_rows`).
 * Grouped-query heads use SDPA's ``enable_gqa`` (torch >= 2.5), which avoids materializing the
   repeated keys/values, else ``repeat_interleave``.
+* A sliding window has no SDPA flag: it becomes a dense boolean mask, which costs ``O(Tq·Tk)``
+  memory and rules out the mask-free fused kernels (the Triton kernel and flash-attn handle windows
+  natively).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainlab.attention.mask import check_qkv, open_empty_rows, visibility_mask
+from trainlab.attention.mask import Window, check_qkv, normalize_window, open_empty_rows, visibility_mask
 from trainlab.attention.naive import repeat_kv
 
 #: SDPA grew ``enable_gqa`` in torch 2.5.
@@ -36,6 +39,7 @@ def sdpa_attention(
     causal: bool = False,
     key_padding_mask: Tensor | None = None,
     scale: float | None = None,
+    window: Window | None = None,
 ) -> Tensor:
     """Same contract as :func:`~trainlab.attention.naive.naive_attention`, computed by SDPA."""
     check_qkv(q, k, v, key_padding_mask)
@@ -52,7 +56,15 @@ def sdpa_attention(
     is_causal = False
     mask: Tensor | None = None
     empty: Tensor | None = None
-    if key_padding_mask is None and (not causal or q_len == 1):
+    positional = normalize_window(window, causal)
+    if positional is not None and positional != (-1, 0):
+        # A sliding window has no SDPA flag: it becomes a dense boolean mask (O(Tq·Tk) memory), and a
+        # row can lose every key, so empty rows are opened and zeroed as for padding.
+        mask = visibility_mask(q_len, k_len, causal=causal, key_padding_mask=key_padding_mask, device=q.device,
+                               window=window)
+        assert mask is not None
+        mask, empty = open_empty_rows(mask)
+    elif key_padding_mask is None and (not causal or q_len == 1):
         # Nothing to mask: a single query with Tk >= 1 keys sees all of them under bottom-right
         # causality, which is the common decode step.
         pass

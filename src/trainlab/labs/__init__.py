@@ -54,6 +54,20 @@ LABS: dict[str, LabSpec] = {
         LabSpec("base", "Base: pre-training the embedded decoder", "000, 002",
                 "pre-training curve vs unigram entropy, sample generations, oracle accuracy per task",
                 "trainlab.labs.base"),
+        LabSpec("lab14", "Lab 1.4: mixed precision, loss scaling, accumulation, checkpointing, memory",
+                "000, 002, 003", "fp32/fp16/bf16, loss-scale trace, accumulation vs large batch, checkpointing "
+                "policies, memory estimated vs measured, batch sweep with OOM, optimized config, advisor",
+                "trainlab.labs.lab14"),
+        LabSpec("lab15", "Lab 1.5: FlashAttention, from the tiled algorithm to a fast Triton kernel", "000, 003",
+                "exactness vs fp64, time and memory over sequence length, FA1 vs FA2 loop order, long-sequence "
+                "training under a memory cap, profiler breakdown, packed vs padded batches",
+                "trainlab.labs.lab15"),
+        LabSpec("lab17", "Lab 1.7: DPO after SFT, its variants and a β sweep", "000, 001, 003",
+                "oracle accuracy base/SFT/DPO per task, DPO curves (loss, reward accuracy, margins, KL), win rate "
+                "over SFT, sigmoid/IPO/hinge/robust, β sweep, cached vs frozen reference", "trainlab.labs.lab17"),
+        LabSpec("lab18", "Lab 1.8: ORPO vs SFT then DPO, and SimPO", "000, 001, 003",
+                "single-stage ORPO vs SFT+DPO vs SimPO: accuracy, wall time, training memory, curves; HF export "
+                "loaded by transformers", "trainlab.labs.lab18"),
     ]
 }
 

@@ -14,7 +14,7 @@ matrix: with tied embeddings it *is* the LM head, and GPT-2/nanoGPT train well w
 AdamW: Loshchilov & Hutter, "Decoupled Weight Decay Regularization" (ICLR 2019) — the decay
 ``θ ← θ − lr·λ·θ`` is applied outside the adaptive update, so it is not rescaled by ``1/√v``.
 
-New optimizers register a builder with `register_optimizer` (``optim/lion.py`` will add
+New optimizers register a builder with `register_optimizer` (``optim/lion.py`` adds
 ``"lion"``); ``cfg.optim`` names the builder.
 """
 
@@ -117,8 +117,12 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> Cosin
                                  min_lr_ratio=cfg.min_lr_ratio)
 
 
+# Imported for its side effect: it registers "lion" (it needs `register_optimizer` defined above).
+from trainlab.optim.lion import Lion  # noqa: E402
+
 __all__ = [
     "CosineWarmupScheduler",
+    "Lion",
     "available_optimizers",
     "build_optimizer",
     "build_scheduler",

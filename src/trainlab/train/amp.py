@@ -14,9 +14,11 @@ Parameters and optimizer state stay fp32 in every mode (autocast casts per op), 
 itself is never low-precision. fp16 autocast also works on CPU (torch ≥ 2.x), though slowly; it
 is useful here for testing the skip path, not for speed.
 
-`LossScaler` is the loop's only view of scaling. `TorchLossScaler` wraps ``torch.amp.GradScaler``;
-`NoLossScaler` is the identity for fp32/bf16. A custom scaler (a later ``DynamicLossScaler``)
-plugs in by implementing the protocol and passing ``scaler=`` to the `Trainer`.
+`LossScaler` is the loop's only view of scaling. fp16 uses our own
+`trainlab.precision.scaler.DynamicLossScaler`; `TorchLossScaler` wraps ``torch.amp.GradScaler``
+and is kept as the reference the scaler's parity test compares against; `NoLossScaler` is the
+identity for fp32/bf16. Any other scaler plugs in by implementing the protocol and passing
+``scaler=`` to the `Trainer`.
 """
 
 from __future__ import annotations
@@ -145,7 +147,10 @@ class TorchLossScaler:
 
 
 def build_loss_scaler(precision: Precision, device: torch.device, init_scale: float = 2.0**16) -> LossScaler:
-    """`TorchLossScaler` for fp16, `NoLossScaler` otherwise."""
+    """`DynamicLossScaler` for fp16 (on any device), `NoLossScaler` otherwise."""
     if precision == "fp16":
-        return TorchLossScaler(device, init_scale=init_scale)
+        from trainlab.precision.scaler import DynamicLossScaler
+
+        del device  # our scaler keeps S on the host and works on gradients wherever they are
+        return DynamicLossScaler(init_scale=init_scale)
     return NoLossScaler()

@@ -1,0 +1,339 @@
+"""trainlab's DPO, ORPO and SimPO trainers vs TRL's DPOTrainer, ORPOTrainer and CPOTrainer (SimPO).
+
+    python benchmarks/bench_align.py                       # CPU here, or the GPU when there is one
+    python benchmarks/bench_align.py --steps 12 --batch 8 --vocab 50257
+
+Same model, data, batch, sequence length and β for both, in one run: a Llama-architecture model
+built from a config (no download) with a GPT-2-sized vocabulary (50,257 tokens, so the output
+layer and the log-softmax matter as they do in real models) and a small body; the embedded
+preference pairs of the verifiable tasks (prompt ~10 tokens, answers 2-10 tokens) tokenized by the
+embedded tokenizer; fp32. Each trainer runs in its own subprocess (a clean heap, its own peak):
+
+* **samples/s**: preference pairs per second over the optimizer steps after two warm-up steps
+  (median step time). For DPO the one-off reference pass trainlab makes before training (cached
+  reference log-probs) is also reported amortized over the run ("end to end"): the data holds
+  exactly ``steps × batch`` pairs, each trained on once, which is the least favourable case for
+  caching.
+* **peak memory**: on CPU the peak resident set size while the trainer is built and trains, above
+  the process's size before the model was loaded (so weights, the reference model, optimizer
+  states, activations and logits all count); on CUDA the allocator's peak. Also the exact bytes
+  autograd saves for backward in one step (activations, logits), counted with
+  ``saved_tensors_hooks`` for both.
+
+TRL's DPOTrainer is run as a user would, with its defaults (a frozen reference model run each step,
+fused chunked log-probs), and once more with ``precompute_ref_log_probs=True``.
+
+Results: ``benchmarks/results/align_<device>.json`` and ``.md`` (also printed); BENCHMARKS.md
+collects them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CASES = ("trainlab-dpo", "trl-dpo", "trl-dpo-precompute", "trainlab-orpo", "trl-orpo", "trainlab-simpo",
+         "trl-simpo")
+
+
+# ------------------------------------------------------------------------------------- the setup
+
+
+def build_model_dir(folder: Path, vocab: int, hidden: int, layers: int) -> Path:
+    """A Llama-architecture causal LM with a GPT-2-sized vocabulary, saved with the embedded tokenizer."""
+    import torch
+    import transformers
+
+    from trainlab.data.tokenizer import embedded_tokenizer
+
+    tok = embedded_tokenizer(2048, 1234)
+    cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 8 // 3 // 32 * 32,
+                                   num_hidden_layers=layers, num_attention_heads=max(1, hidden // 64),
+                                   num_key_value_heads=max(1, hidden // 64), max_position_embeddings=256,
+                                   tie_word_embeddings=False, pad_token_id=tok.pad_token_id,
+                                   bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def pairs(n: int) -> list[dict[str, str]]:
+    from trainlab.align.config import AlignDataConfig
+    from trainlab.align.data import embedded_alignment_data
+
+    data = embedded_alignment_data(AlignDataConfig(n_train=n, tasks=["compare", "sort", "reverse", "count"],
+                                                   n_eval_per_task=1, n_eval_pairs=0))
+    return [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in data.pairs]
+
+
+# ------------------------------------------------------------------------------------- one worker
+
+
+class _StepClock:
+    """Wall time of each optimizer step (works as a TRL TrainerCallback and a trainlab Callback)."""
+
+    def __init__(self, device: Any) -> None:
+        self.device = device
+        self.times: list[float] = []
+        self._t = time.perf_counter()
+
+    def _sync(self) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    # TRL / transformers
+    def on_step_begin(self, *args: Any, **kwargs: Any) -> None:
+        self._sync()
+        self._t = time.perf_counter()
+
+    def on_step_end(self, *args: Any, **kwargs: Any) -> None:
+        self._sync()
+        self.times.append(time.perf_counter() - self._t)
+        self._t = time.perf_counter()
+
+    def __getattr__(self, name: str) -> Any:  # every other TrainerCallback / Callback hook: no-op
+        if name.startswith("on_"):
+            return lambda *a, **k: None
+        raise AttributeError(name)
+
+
+def _saved_bytes(fn: Any, params: Any) -> int:
+    from trainlab.align.measure import SavedTensorBytes
+
+    with SavedTensorBytes(exclude=params) as st:
+        out = fn()
+    del out
+    return st.bytes
+
+
+def worker(case: str, model_dir: Path, n_steps: int, batch: int, beta: float, device_name: str) -> dict[str, Any]:
+    import torch
+
+    from trainlab.align.measure import PeakMemory
+
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    device = torch.device(device_name)
+    records = pairs(n_steps * batch)
+    clock = _StepClock(device)
+    out: dict[str, Any] = {"case": case, "pairs": len(records), "batch": batch, "steps": n_steps}
+    lib = case.split("-")[0]
+    method = case.split("-")[1]
+    with PeakMemory(device) as mem:
+        t0 = time.perf_counter()
+        if lib == "trainlab":
+            from trainlab.align.config import align_config
+            from trainlab.align.data import collate_preference
+            from trainlab.data.tokenizer import load_tokenizer
+            from trainlab.recipes.align import build_alignment_data, build_objective, run_alignment
+
+            overrides = [f"train.max_steps={n_steps}", f"train.batch_size={batch}", f"train.device={device_name}",
+                         "train.eval_every=0", "train.lr=1e-5", "train.warmup_steps=0", "train.log_every=1",
+                         "train.save_every=0", "align.eval_kl=false", "align.max_prompt_len=64",
+                         "align.max_completion_len=32", "align_data.n_eval_pairs=0"]
+            if method == "dpo":
+                overrides += [f"align.beta={beta}", "align.rpo_alpha=0"]
+            elif method == "orpo":  # TRL's ORPO puts the prompt in the NLL: do the same work
+                overrides += [f"align.orpo_lambda={beta}", "align.orpo_mask_prompt=false"]
+            else:
+                overrides += ["align.beta=2.0", "align.simpo_gamma=0.5"]
+            cfg = align_config(method, preset="quick", overrides=overrides)
+            data = build_alignment_data(method, cfg, load_tokenizer(model_dir), source=records)
+            with tempfile.TemporaryDirectory() as tmp:
+                run = run_alignment(method, cfg, model_dir, tmp, quiet=True, save=False, evaluate_oracle=False,
+                                    callbacks=[clock], data=data)
+            out["reference_pass_s"] = float(run.summary["reference"].get("seconds", 0.0))
+            model = run.model
+            batch_t = collate_preference([data.train[i] for i in range(batch)], 0)
+            batch_t = {k: v.to(device) for k, v in batch_t.items()}
+            objective = build_objective(method, cfg)
+            if method == "dpo":
+                batch_t["ref_logps"] = torch.zeros(2 * batch, device=device)
+            out["saved_for_backward_bytes"] = _saved_bytes(lambda: objective(model, batch_t),
+                                                           list(model.parameters()))
+        else:
+            out.update(_trl(method, case, model_dir, records, n_steps, batch, beta, device, clock))
+        out["total_s"] = time.perf_counter() - t0
+    timed = clock.times[2:] if len(clock.times) > 4 else clock.times
+    step = statistics.median(timed)
+    out["step_times_s"] = clock.times
+    out["median_step_s"] = step
+    out["samples_per_s"] = batch / step
+    ref = out.get("reference_pass_s", 0.0)
+    out["samples_per_s_end_to_end"] = n_steps * batch / (step * n_steps + ref)
+    out["peak_bytes"] = mem.peak_bytes
+    out["memory_kind"] = mem.result()["kind"]
+    return out
+
+
+def _trl(method: str, case: str, model_dir: Path, records: list[dict[str, str]], n_steps: int, batch: int,
+         beta: float, device: Any, clock: _StepClock) -> dict[str, Any]:
+    import datasets
+    import torch
+    import transformers
+    import trl
+    from transformers import TrainerCallback
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *a: Any, **k: Any) -> None:
+            clock.on_step_begin()
+
+        def on_step_end(self, *a: Any, **k: Any) -> None:
+            clock.on_step_end()
+
+    tok = transformers.AutoTokenizer.from_pretrained(str(model_dir))
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    ds = datasets.Dataset.from_list(records)
+    common = dict(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch, max_steps=n_steps,
+                  learning_rate=1e-5, warmup_steps=0, report_to=[], logging_steps=1, save_strategy="no",
+                  use_cpu=device.type == "cpu", bf16=False, dataloader_num_workers=0, disable_tqdm=True,
+                  weight_decay=0.0, lr_scheduler_type="constant")
+    if method == "dpo":
+        args = trl.DPOConfig(**common, beta=beta, max_length=96,
+                             precompute_ref_log_probs=case.endswith("precompute"))
+        trainer: Any = trl.DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
+                                      callbacks=[Clock()])
+    elif method == "orpo":
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+        args = ORPOConfig(**common, beta=beta, max_length=96, max_completion_length=32)
+        trainer = ORPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[Clock()])
+    else:
+        from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+        args = CPOConfig(**common, loss_type="simpo", cpo_alpha=0.0, beta=2.0, simpo_gamma=0.5, max_length=96,
+                         max_completion_length=32)
+        trainer = CPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[Clock()])
+    t0 = time.perf_counter()
+    trainer.train()
+    out: dict[str, Any] = {"train_call_s": time.perf_counter() - t0}
+    # activations saved for backward in one step of TRL's own loss on a batch from its own collator
+    loader = trainer.get_train_dataloader()
+    one = next(iter(loader))
+    one = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in one.items()}
+    trainer.model.train()
+    out["saved_for_backward_bytes"] = _saved_bytes(lambda: trainer.compute_loss(trainer.model, one),
+                                                   list(trainer.model.parameters()))
+    return out
+
+
+# ------------------------------------------------------------------------------------- the driver
+
+
+def _mib(x: float) -> str:
+    return f"{x / 2**20:,.1f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    rows = {r["case"]: r for r in result["runs"]}
+    lines = [f"Device: {result['device']}. Model: Llama architecture, vocabulary {result['vocab']:,}, hidden "
+             f"{result['hidden']}, {result['layers']} layers ({result['parameters'] / 1e6:.1f}M parameters), fp32; "
+             f"batch {result['batch']} pairs, {result['steps']} steps, β {result['beta']}; embedded task pairs "
+             f"(mean {result['mean_tokens']:.0f} tokens per sequence). {result['created_at']}.", "",
+             "| method | trainer | pairs/s (steps) | pairs/s (end to end) | peak memory (MiB) | saved for backward "
+             "(MiB) | speed vs TRL | memory vs TRL |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for method, ours, theirs in (("DPO", "trainlab-dpo", "trl-dpo"), ("DPO", "trainlab-dpo", "trl-dpo-precompute"),
+                                 ("ORPO", "trainlab-orpo", "trl-orpo"), ("SimPO", "trainlab-simpo", "trl-simpo")):
+        if ours not in rows or theirs not in rows:
+            continue
+        a, b = rows[ours], rows[theirs]
+        for r, label in ((b, theirs), (a, ours)):
+            if r is a and method == "DPO" and theirs == "trl-dpo-precompute":
+                continue  # the trainlab row is shown once, under TRL's default
+            speed = f"{a['samples_per_s'] / b['samples_per_s']:.2f}x" if r is a else ""
+            memory = f"{a['peak_bytes'] / max(b['peak_bytes'], 1):.2f}x" if r is a else ""
+            lines.append(f"| {method} | {label} | {r['samples_per_s']:.2f} | {r['samples_per_s_end_to_end']:.2f} | "
+                         f"{_mib(r['peak_bytes'])} | {_mib(r['saved_for_backward_bytes'])} | {speed} | {memory} |")
+    if "trl-dpo-precompute" in rows and "trainlab-dpo" in rows:
+        a, b = rows["trainlab-dpo"], rows["trl-dpo-precompute"]
+        lines.append(f"\ntrainlab DPO vs TRL DPO with precompute_ref_log_probs=True: "
+                     f"{a['samples_per_s'] / b['samples_per_s']:.2f}x pairs/s, "
+                     f"{a['peak_bytes'] / max(b['peak_bytes'], 1):.2f}x peak memory.")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--vocab", type=int, default=50257)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--cases", nargs="*", default=list(CASES))
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.worker:
+        res = worker(args.worker, args.model_dir, args.steps, args.batch, args.beta, device)
+        sys.stdout.write("RESULT " + json.dumps(res) + "\n")
+        return 0
+
+    from trainlab.env import detect_env
+
+    env = detect_env()
+    device_name = env.short() if device == "cpu" else f"{env.gpu_name}, torch {env.torch_version}"
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = build_model_dir(Path(tmp) / "model", args.vocab, args.hidden, args.layers)
+        import transformers
+
+        n_params = sum(p.numel() for p in transformers.AutoModelForCausalLM.from_pretrained(str(model_dir))
+                       .parameters())
+        from trainlab.data.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(model_dir)
+        recs = pairs(args.steps * args.batch)
+        lengths = [len(tok.encode(r["prompt"] + r["chosen"])) + 1 for r in recs]
+        for case in args.cases:
+            cmd = [sys.executable, __file__, "--worker", case, "--model-dir", str(model_dir), "--steps",
+                   str(args.steps), "--batch", str(args.batch), "--beta", str(args.beta), "--device", device]
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+            if proc.returncode != 0 or line is None:
+                sys.stderr.write(f"{case} failed:\n{proc.stderr[-3000:]}\n")
+                continue
+            res = json.loads(line[len("RESULT "):])
+            runs.append(res)
+            sys.stderr.write(f"{case}: {res['samples_per_s']:.2f} pairs/s, peak {_mib(res['peak_bytes'])} MiB "
+                             f"({time.perf_counter() - t0:.0f} s)\n")
+    created = datetime.now(UTC).isoformat(timespec="seconds")
+    result = {"device": device_name, "device_type": device, "created_at": created,
+              "vocab": args.vocab, "hidden": args.hidden, "layers": args.layers, "parameters": n_params,
+              "batch": args.batch, "steps": args.steps, "beta": args.beta,
+              "mean_tokens": sum(lengths) / len(lengths), "torch_threads": torch.get_num_threads(), "runs": runs}
+    md = markdown(result)
+    args.out.mkdir(parents=True, exist_ok=True)
+    slug = re.sub(r"[^a-z0-9]+", "_", device_name.lower()).strip("_")[:60]
+    (args.out / f"align_{slug}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    (args.out / f"align_{slug}.md").write_text(md, encoding="utf-8")
+    sys.stdout.write(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
