@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from trainlab.report import load_suite
-from trainlab.report.render import fmt_value, hardware_line
+from trainlab.report.render import hardware_line, md_cell
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,12 +21,13 @@ def table(results: Path) -> str:
              "| lab | claim | measured here | verdict |", "| --- | --- | --- | --- |"]
     for lab in suite.labs:
         if lab.status != "ok":
-            lines.append(f"| {lab.lab} | — | {lab.status}: {lab.error} | — |")
+            lines.append(f"| {lab.lab} | — | {md_cell(lab.status)}: {md_cell(lab.error)} | — |")
             continue
         for c in lab.claims:
-            lines.append(f"| {lab.lab} | {c.claim} | {c.measured} | {c.verdict} |")
+            lines.append(f"| {lab.lab} | {md_cell(c.claim)} | {md_cell(c.measured)} | {c.verdict} |")
     lines += ["", "| lab | wall time (s) |", "| --- | --- |"]
-    lines += [f"| {lab.lab} | {fmt_value(lab.wall_time_s)} |" for lab in suite.labs]
+    lines += [f"| {lab.lab} | {lab.wall_time_s:.0f} |" for lab in suite.labs]
+    lines.append(f"| total | {sum(lab.wall_time_s for lab in suite.labs):.0f} |")
     return "\n".join(lines)
 
 

@@ -291,7 +291,10 @@ def run_alignment(method: str, cfg: AlignRunConfig, model_path: str | Path, out_
         else None
     reference_info: dict[str, Any] = {"mode": a.reference if needs_ref else "none"}
     eval_ref_logps = None
-    with PeakMemory(device) as mem:
+    if needs_ref and a.reference == "frozen":
+        data.train.ref_logps = None  # the frozen model scores every batch; never stale cached values
+    # a coarse sampling interval: the sampler thread must not compete with small training steps
+    with PeakMemory(device, interval_s=0.02) as mem:
         if needs_ref and a.reference == "cached":
             values, info = reference_logps(model, data.train, collate_for(method, pad),
                                            kind="unpaired" if method == "kto" else "preference",

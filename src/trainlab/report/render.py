@@ -34,7 +34,7 @@ def fmt_value(value: Any) -> str:
     return str(value)
 
 
-def _md_cell(value: Any) -> str:
+def md_cell(value: Any) -> str:
     return fmt_value(value).replace("|", "\\|").replace("\n", " ")
 
 
@@ -58,15 +58,15 @@ def _lab_markdown(lab: LabResult) -> list[str]:
     if lab.claims:
         out += ["| claim | source | measured here | verdict | why |", "| --- | --- | --- | --- | --- |"]
         for c in lab.claims:
-            out.append(f"| {_md_cell(c.claim)} | {_md_cell(c.source)} | {_md_cell(c.measured)} | "
-                       f"{_md_cell(c.verdict)} | {_md_cell(c.why)} |")
+            out.append(f"| {md_cell(c.claim)} | {md_cell(c.source)} | {md_cell(c.measured)} | "
+                       f"{md_cell(c.verdict)} | {md_cell(c.why)} |")
         out.append("")
     for t in lab.tables:
         out += [f"**{t.title}**", ""]
         out.append("| " + " | ".join(t.columns) + " |")
         out.append("| " + " | ".join("---" for _ in t.columns) + " |")
         for row in t.rows:
-            out.append("| " + " | ".join(_md_cell(v) for v in row) + " |")
+            out.append("| " + " | ".join(md_cell(v) for v in row) + " |")
         out.append("")
         if t.note:
             out += [f"_{t.note}_", ""]
