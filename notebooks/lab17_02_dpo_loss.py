@@ -62,5 +62,6 @@ g_full = h.grad.clone()
 h.grad = None
 chunked = chunked_token_logprobs(h, w, t, 64)
 chunked.sum().backward()
-print("max |Δ logp|", float((full - chunked).detach().abs().max()), " max |Δ grad|", float((g_full - h.grad).abs().max()))
+d_logp = float((full - chunked).detach().abs().max())
+print("max |Δ logp|", d_logp, " max |Δ grad|", float((g_full - h.grad).abs().max()))
 print(f"logits held at once: unchunked {300 * 50_000 * 4 / 2**20:.0f} MiB, chunked {64 * 50_000 * 4 / 2**20:.0f} MiB")
