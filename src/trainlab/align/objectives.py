@@ -61,7 +61,20 @@ def _reference(batch: Batch, reference: FrozenReference | None, key: str = "ref_
     return reference.logps(batch, prefix)
 
 
-class DPOObjective:
+class _PairObjective:
+    """Shared by the pair losses: the batch holds B chosen rows, then B rejected rows (one forward)."""
+
+    chunk_size: int = 0
+
+    def count(self, batch: Batch) -> int:
+        return int(batch["input_ids"].shape[0]) // 2
+
+    def _logps(self, model: nn.Module, batch: Batch) -> Any:
+        return sequence_logps(model, batch["input_ids"], batch["labels"], batch.get("attention_mask"),
+                              chunk_size=self.chunk_size)
+
+
+class DPOObjective(_PairObjective):
     """DPO (sigmoid / cDPO), IPO, hinge or robust DPO on preference batches (`collate_preference`).
 
     The reference log-probs come from ``batch["ref_logps"]`` (cached) or from ``reference``.
@@ -79,13 +92,9 @@ class DPOObjective:
         self.chunk_size = chunk_size
         self.reference = reference
 
-    def count(self, batch: Batch) -> int:
-        return int(batch["input_ids"].shape[0]) // 2
-
     def __call__(self, model: nn.Module, batch: Batch) -> ObjectiveOutput:
         b = self.count(batch)
-        logps = sequence_logps(model, batch["input_ids"], batch["labels"], batch.get("attention_mask"),
-                               chunk_size=self.chunk_size)
+        logps = self._logps(model, batch)
         ref = _reference(batch, self.reference).to(logps.sum.device)
         loss = dpo_losses(logps.sum[:b], logps.sum[b:], ref[:b], ref[b:], beta=self.beta,
                           loss_type=self.loss_type, label_smoothing=self.label_smoothing,
@@ -100,7 +109,7 @@ class DPOObjective:
         return ObjectiveOutput(loss_sum=losses.sum(), count=b, metrics=_metrics(values))
 
 
-class SimPOObjective:
+class SimPOObjective(_PairObjective):
     """SimPO: reference-free, length-normalized (`trainlab.align.losses.simpo_losses`)."""
 
     def __init__(self, *, beta: float = 2.0, gamma: float = 0.5, label_smoothing: float = 0.0,
@@ -110,19 +119,15 @@ class SimPOObjective:
         self.label_smoothing = label_smoothing
         self.chunk_size = chunk_size
 
-    def count(self, batch: Batch) -> int:
-        return int(batch["input_ids"].shape[0]) // 2
-
     def __call__(self, model: nn.Module, batch: Batch) -> ObjectiveOutput:
         b = self.count(batch)
-        logps = sequence_logps(model, batch["input_ids"], batch["labels"], batch.get("attention_mask"),
-                               chunk_size=self.chunk_size)
+        logps = self._logps(model, batch)
         loss = simpo_losses(logps.mean[:b], logps.mean[b:], beta=self.beta, gamma=self.gamma,
                             label_smoothing=self.label_smoothing)
         return ObjectiveOutput(loss_sum=loss.losses.sum(), count=b, metrics=_metrics(pair_metrics(loss, logps, b)))
 
 
-class ORPOObjective:
+class ORPOObjective(_PairObjective):
     """ORPO: the chosen side's NLL plus λ times the odds-ratio loss, no reference model.
 
     The NLL of a pair is the mean over its chosen tokens (the ORPO paper's per-sequence
@@ -137,9 +142,6 @@ class ORPOObjective:
         self.lam = lam
         self.mask_prompt = mask_prompt
         self.chunk_size = chunk_size
-
-    def count(self, batch: Batch) -> int:
-        return int(batch["input_ids"].shape[0]) // 2
 
     def __call__(self, model: nn.Module, batch: Batch) -> ObjectiveOutput:
         b = self.count(batch)
