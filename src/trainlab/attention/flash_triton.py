@@ -392,13 +392,21 @@ def _d_pad(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim))
 
 
-def forward_config(head_dim: int, dtype: torch.dtype) -> KernelConfig:
-    """Forward tiles: large query blocks amortize K/V loads; shrink them as the head grows (SRAM)."""
-    if INTERPRET:
+def forward_config(head_dim: int, dtype: torch.dtype, interpret: bool | None = None) -> KernelConfig:
+    """Forward tiles: large query blocks amortize K/V loads; shrink them as the head grows (SRAM).
+
+    ``interpret`` (default: :data:`INTERPRET`) picks the tiny interpreter tiles; the ahead-of-time
+    compile check (:mod:`trainlab.attention.triton_compile`) passes False to get the GPU tiles.
+    """
+    if INTERPRET if interpret is None else interpret:
         return KernelConfig(16, 16, 1, 1)  # many small blocks exercise every boundary case quickly
     d = _d_pad(head_dim)
     if dtype == torch.float32:
-        return KernelConfig(64, 32, 4, 2) if d <= 128 else KernelConfig(32, 32, 4, 1)
+        # IEEE fp32 dots run on FMA units with operands held in registers. The earlier 4-warp tiles
+        # (64x32; 32x32 for d=256) spilled on sm_90 (ptxas: 1.8-3 KB at d=64, ~70-80 KB at d>=128, where it
+        # gave up at 32 registers); 8 warps and, past d=64, 16-key blocks compile spill-free on sm_90 and
+        # sm_80 (benchmarks/compile_triton.py, benchmarks/results/triton_compile_sm*.md).
+        return KernelConfig(64, 32, 8, 2) if d <= 64 else KernelConfig(32, 16, 8, 2)
     if d <= 64:
         return KernelConfig(128, 64, 4, 3)
     if d <= 128:
@@ -406,16 +414,26 @@ def forward_config(head_dim: int, dtype: torch.dtype) -> KernelConfig:
     return KernelConfig(64, 32, 8, 2)
 
 
-def backward_config(head_dim: int, dtype: torch.dtype) -> KernelConfig:
-    """Backward tiles: the dK/dV program holds K, V, dK, dV in registers, so blocks are smaller."""
-    if INTERPRET:
+def backward_config(head_dim: int, dtype: torch.dtype, interpret: bool | None = None) -> KernelConfig:
+    """Backward tiles: the dK/dV program holds K, V, dK, dV in registers, so blocks are smaller.
+
+    ``interpret``: as in :func:`forward_config`.
+    """
+    if INTERPRET if interpret is None else interpret:
         return KernelConfig(16, 16, 1, 1)
     d = _d_pad(head_dim)
-    if dtype == torch.float32 or d > 128:
-        return KernelConfig(32, 32, 4, 1)
+    # 8 warps throughout: with 4 warps (128 threads) the dK/dV program's register-resident K, V, dK, dV
+    # (plus S, dP and the in-loop dQ tile) needed more than 255 registers per thread and spilled on sm_90:
+    # 256-432 B for 16-bit d<=64 at 32x128, 330-350 B for 16-bit d=256 at 32x32, 1-100 KB for fp32
+    # (benchmarks/compile_triton.py). Spreading the same tiles over 256 threads keeps the tile shape (so
+    # the Q/dO reloads and dQ atomics per key stay the same) and compiles without spills on sm_90 and sm_80.
+    if dtype == torch.float32:
+        return KernelConfig(32, 32, 8, 1) if d <= 128 else KernelConfig(32, 16, 8, 1)  # fp32 d=256: half the keys
     if d <= 64:
-        return KernelConfig(32, 128, 4, 3)
-    return KernelConfig(32, 64, 8, 2)
+        return KernelConfig(32, 128, 8, 3)
+    if d <= 128:
+        return KernelConfig(32, 64, 8, 2)
+    return KernelConfig(32, 32, 8, 2)  # 2 stages: also lowers the deterministic dQ kernel's registers (252 -> 124)
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
