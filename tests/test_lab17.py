@@ -41,7 +41,7 @@ def test_lab17_numbers_are_consistent() -> None:
     assert lab.data["frozen_reference"]["memory"]["reference"] == dpo["memory"]["parameters"]
     assert set(lab.data["beta_sweep"]) == {"0.03", "0.1", "0.3"}
     variants = {t.rows[i][0] for t in lab.tables if t.title.startswith("DPO variants") for i in range(len(t.rows))}
-    assert variants == {"sigmoid", "sigmoid, no NLL", "ipo", "hinge", "robust"}
+    assert variants == {"sigmoid", "sigmoid, no NLL", "sigmoid, no NLL, lr/10", "ipo", "hinge", "robust"}
 
 
 def test_lab17_claims() -> None:
