@@ -1,13 +1,18 @@
 """trainlab's DPO, ORPO and SimPO trainers vs TRL's DPOTrainer, ORPOTrainer and CPOTrainer (SimPO).
 
     python benchmarks/bench_align.py                       # CPU here, or the GPU when there is one
+    python benchmarks/bench_align.py --shape long          # ~530-token pairs: the logits dominate
+    python benchmarks/bench_align.py --shape medium --malloc-mmap-threshold 131072
     python benchmarks/bench_align.py --steps 12 --batch 8 --vocab 50257
 
 Same model, data, batch, sequence length and β for both, in one run: a Llama-architecture model
 built from a config (no download) with a GPT-2-sized vocabulary (50,257 tokens, so the output
 layer and the log-softmax matter as they do in real models) and a small body; the embedded
-preference pairs of the verifiable tasks (prompt ~10 tokens, answers 2-10 tokens) tokenized by the
-embedded tokenizer; fp32. Each trainer runs in its own subprocess (a clean heap, its own peak):
+preference pairs of the verifiable tasks (prompt ~10 tokens, answers 2-10 tokens; ``--shape
+medium``/``long`` add ~128/256 tokens of story context before the question and ~64/256 after each
+answer) tokenized by the embedded tokenizer; fp32. Each trainer runs in its own subprocess (a clean
+heap, its own peak), with the same allocator settings (``--malloc-mmap-threshold``: glibc's mmap
+threshold fixed for both, so freed tensors are returned to the system instead of staying resident):
 
 * **samples/s**: preference pairs per second over the optimizer steps after two warm-up steps
   (median step time). For DPO the one-off reference pass trainlab makes before training (cached
@@ -48,7 +53,10 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
-CASES = ("trainlab-dpo", "trl-dpo", "trl-dpo-tuned", "trainlab-orpo", "trl-orpo", "trainlab-simpo", "trl-simpo")
+# "-ckpt": trainlab with activation checkpointing (model.checkpointing=full), as TRL's trainers do by default
+# (their configs default to gradient_checkpointing=True): the like-for-like memory comparison.
+CASES = ("trainlab-dpo", "trainlab-dpo-ckpt", "trl-dpo", "trl-dpo-tuned", "trainlab-orpo", "trainlab-orpo-ckpt",
+         "trl-orpo", "trainlab-simpo", "trainlab-simpo-ckpt", "trl-simpo")
 
 
 # ------------------------------------------------------------------------------------- the setup
@@ -74,13 +82,52 @@ def build_model_dir(folder: Path, vocab: int, hidden: int, layers: int) -> Path:
     return folder
 
 
-def pairs(n: int) -> list[dict[str, str]]:
+# Sequence shapes: (extra prompt tokens, extra completion tokens, batch, steps). ``tasks`` is the embedded
+# task pairs as they are (~12 tokens per sequence: the training state dominates memory); ``medium`` and
+# ``long`` put story text from the embedded corpus before the task question (a context, as in real
+# preference data) and after each answer (a longer completion), so that the [batch, seq, 50K] logits
+# dominate, as they do for real models (UltraFeedback-style DPO runs use up to 1,024 tokens).
+SHAPES: dict[str, tuple[int, int, int, int]] = {"tasks": (0, 0, 16, 10), "medium": (128, 64, 8, 8),
+                                               "long": (256, 256, 4, 6)}
+
+
+def _story_tokens(tok: Any, docs: list[str], start: int, n: int) -> tuple[str, int]:
+    """About ``n`` tokens of corpus text (whole words), taken from ``docs`` from document ``start`` on."""
+    words: list[str] = []
+    i = start
+    while len(tok.encode(" ".join(words), add_special_tokens=False)) < n:
+        words.extend(docs[i % len(docs)].split()[: max(8, n // 2)])
+        i += 1
+    while len(words) > 1 and len(tok.encode(" ".join(words), add_special_tokens=False)) > n:
+        words.pop()
+    return " ".join(words), i
+
+
+def pairs(n: int, tok: Any = None, prompt_tokens: int = 0, completion_tokens: int = 0) -> list[dict[str, str]]:
+    """``n`` preference pairs of the embedded tasks; with ``prompt_tokens``/``completion_tokens``, a story
+    context of about that many tokens before the question and a continuation after each answer
+    (different text for chosen and rejected, the same length)."""
     from trainlab.align.config import AlignDataConfig
     from trainlab.align.data import embedded_alignment_data
+    from trainlab.data.corpus import generate_corpus
 
     data = embedded_alignment_data(AlignDataConfig(n_train=n, tasks=["compare", "sort", "reverse", "count"],
                                                    n_eval_per_task=1, n_eval_pairs=0))
-    return [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in data.pairs]
+    out = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in data.pairs]
+    if not (prompt_tokens or completion_tokens):
+        return out
+    docs = generate_corpus(3 * n + 8, seed=99)
+    j = 0
+    for rec in out:
+        if prompt_tokens:
+            context, j = _story_tokens(tok, docs, j, prompt_tokens)
+            rec["prompt"] = f"{context}\n\n{rec['prompt']}"
+        if completion_tokens:
+            more, j = _story_tokens(tok, docs, j, completion_tokens)
+            rec["chosen"] = f"{rec['chosen']} {more}"
+            more, j = _story_tokens(tok, docs, j, completion_tokens)
+            rec["rejected"] = f"{rec['rejected']} {more}"
+    return out
 
 
 # ------------------------------------------------------------------------------------- one worker
@@ -141,7 +188,8 @@ def _saved_bytes(fn: Any, params: Any) -> int:
     return st.bytes
 
 
-def worker(case: str, model_dir: Path, n_steps: int, batch: int, beta: float, device_name: str) -> dict[str, Any]:
+def worker(case: str, model_dir: Path, n_steps: int, batch: int, beta: float, device_name: str,
+           shape: str = "tasks") -> dict[str, Any]:
     import torch
 
     from trainlab.align.measure import PeakMemory
@@ -149,7 +197,11 @@ def worker(case: str, model_dir: Path, n_steps: int, batch: int, beta: float, de
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TQDM_DISABLE", "1")
     device = torch.device(device_name)
-    records = pairs(n_steps * batch)
+    from trainlab.data.tokenizer import load_tokenizer
+
+    extra_prompt, extra_completion = SHAPES[shape][:2]
+    records = pairs(n_steps * batch, load_tokenizer(model_dir), extra_prompt, extra_completion)
+    max_prompt, max_completion = 64 + extra_prompt, 32 + extra_completion  # no pair is truncated
     out: dict[str, Any] = {"case": case, "pairs": len(records), "batch": batch, "steps": n_steps}
     lib = case.split("-")[0]
     method = case.split("-")[1]
@@ -159,19 +211,20 @@ def worker(case: str, model_dir: Path, n_steps: int, batch: int, beta: float, de
         if lib == "trainlab":
             from trainlab.align.config import align_config
             from trainlab.align.data import collate_preference
-            from trainlab.data.tokenizer import load_tokenizer
             from trainlab.recipes.align import build_alignment_data, build_objective, run_alignment
 
             overrides = [f"train.max_steps={n_steps}", f"train.batch_size={batch}", f"train.device={device_name}",
                          "train.eval_every=0", "train.lr=1e-5", "train.warmup_steps=0", "train.log_every=1",
-                         "train.save_every=0", "align.eval_kl=false", "align.max_prompt_len=64",
-                         "align.max_completion_len=32", "align_data.n_eval_pairs=0"]
+                         "train.save_every=0", "align.eval_kl=false", f"align.max_prompt_len={max_prompt}",
+                         f"align.max_completion_len={max_completion}", "align_data.n_eval_pairs=0"]
             if method == "dpo":
                 overrides += [f"align.beta={beta}", "align.rpo_alpha=0"]
             elif method == "orpo":  # TRL's ORPO puts the prompt in the NLL: do the same work
                 overrides += [f"align.orpo_lambda={beta}", "align.orpo_mask_prompt=false"]
             else:
                 overrides += ["align.beta=2.0", "align.simpo_gamma=0.5"]
+            if case.endswith("-ckpt"):
+                overrides.append("model.checkpointing=full")
             cfg = align_config(method, preset="quick", overrides=overrides)
             data = build_alignment_data(method, cfg, load_tokenizer(model_dir), source=records)
             with tempfile.TemporaryDirectory() as tmp:
@@ -187,7 +240,8 @@ def worker(case: str, model_dir: Path, n_steps: int, batch: int, beta: float, de
             out["saved_for_backward_bytes"] = _saved_bytes(lambda: objective(model, batch_t),
                                                            list(model.parameters()))
         else:
-            out.update(_trl(method, case, model_dir, records, n_steps, batch, beta, device, clock))
+            out.update(_trl(method, case, model_dir, records, n_steps, batch, beta, device, clock,
+                            max_prompt + max_completion, max_completion))
         out["total_s"] = time.perf_counter() - t0
     timed = clock.times[2:] if len(clock.times) > 4 else clock.times
     cpu = clock.cpu_times[2:] if len(clock.cpu_times) > 4 else clock.cpu_times
@@ -209,7 +263,7 @@ def worker(case: str, model_dir: Path, n_steps: int, batch: int, beta: float, de
 
 
 def _trl(method: str, case: str, model_dir: Path, records: list[dict[str, str]], n_steps: int, batch: int,
-         beta: float, device: Any, clock: _StepClock) -> dict[str, Any]:
+         beta: float, device: Any, clock: _StepClock, max_length: int, max_completion: int) -> dict[str, Any]:
     import datasets
     import torch
     import transformers
@@ -235,19 +289,20 @@ def _trl(method: str, case: str, model_dir: Path, records: list[dict[str, str]],
         tuned = case.endswith("tuned")
         if tuned:
             common["optim"] = "adamw_torch_fused"
-        args = trl.DPOConfig(**common, beta=beta, max_length=96, precompute_ref_log_probs=tuned)
+        args = trl.DPOConfig(**common, beta=beta, max_length=max_length,
+                               precompute_ref_log_probs=tuned)
         trainer: Any = trl.DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
                                       callbacks=[Clock()])
     elif method == "orpo":
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-        args = ORPOConfig(**common, beta=beta, max_length=96, max_completion_length=32)
+        args = ORPOConfig(**common, beta=beta, max_length=max_length, max_completion_length=max_completion)
         trainer = ORPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[Clock()])
     else:
         from trl.experimental.cpo import CPOConfig, CPOTrainer
 
-        args = CPOConfig(**common, loss_type="simpo", cpo_alpha=0.0, beta=2.0, simpo_gamma=0.5, max_length=96,
-                         max_completion_length=32)
+        args = CPOConfig(**common, loss_type="simpo", cpo_alpha=0.0, beta=2.0, simpo_gamma=0.5, max_length=max_length,
+                         max_completion_length=max_completion)
         trainer = CPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[Clock()])
     t0 = time.perf_counter()
     trainer.train()
@@ -273,20 +328,33 @@ def markdown(result: dict[str, Any]) -> str:
     rows = {r["case"]: r for r in result["runs"]}
     lines = [f"Device: {result['device']}. Model: Llama architecture, vocabulary {result['vocab']:,}, hidden "
              f"{result['hidden']}, {result['layers']} layers ({result['parameters'] / 1e6:.1f}M parameters), fp32; "
-             f"batch {result['batch']} pairs, {result['steps']} steps, β {result['beta']}; embedded task pairs "
-             f"(mean {result['mean_tokens']:.0f} tokens per sequence). {result['created_at']}.", "",
+             f"batch {result['batch']} pairs, {result['steps']} steps, β {result['beta']}; shape "
+             f"`{result.get('shape', 'tasks')}`: embedded task pairs (mean {result['mean_tokens']:.0f} tokens per "
+             f"sequence, {result.get('mean_completion_tokens', 0):.0f} of them completion)"
+             + (f"; glibc mmap threshold fixed at {result['malloc_mmap_threshold']:,} bytes for both"
+                if result.get("malloc_mmap_threshold") else "") + f". {result['created_at']}.",
+             "",
              "| method | trainer | pairs/s | pairs/s end to end | pairs per CPU-s | peak memory (MiB) | saved for "
              "backward (MiB) | speed vs TRL | CPU work vs TRL | memory vs TRL |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for method, ours, theirs in (("DPO", "trainlab-dpo", "trl-dpo"), ("DPO", "trainlab-dpo", "trl-dpo-tuned"),
-                                 ("ORPO", "trainlab-orpo", "trl-orpo"), ("SimPO", "trainlab-simpo", "trl-simpo")):
+    shown: set[str] = set()
+    for method, ours, theirs in (("DPO", "trainlab-dpo", "trl-dpo"), ("DPO", "trainlab-dpo-ckpt", "trl-dpo"),
+                                 ("DPO", "trainlab-dpo", "trl-dpo-tuned"),
+                                 ("ORPO", "trainlab-orpo", "trl-orpo"), ("ORPO", "trainlab-orpo-ckpt", "trl-orpo"),
+                                 ("SimPO", "trainlab-simpo", "trl-simpo"),
+                                 ("SimPO", "trainlab-simpo-ckpt", "trl-simpo")):
         if ours not in rows or theirs not in rows:
             continue
         a, b = rows[ours], rows[theirs]
-        label_b = theirs + (" (precompute + fused AdamW)" if theirs.endswith("tuned") else " (defaults)")
-        for r, label in ((b, label_b), (a, ours)):
+        label_b = theirs + (" (precompute + fused AdamW)" if theirs.endswith("tuned") else
+                            " (defaults: gradient checkpointing on)")
+        pair = ((b, label_b), (a, ours)) if theirs not in shown else ((a, ours),)
+        shown.add(theirs)
+        for r, label in pair:
             if r is a and theirs.endswith("tuned"):
                 label = f"{ours} (vs tuned TRL)"
+            elif r is a and ours.endswith("-ckpt"):
+                label = f"{ours} (activation checkpointing, like TRL)"
             mine = r is a
             speed = f"{a['samples_per_s'] / b['samples_per_s']:.2f}x" if mine else ""
             cpu = f"{b['median_step_cpu_s'] / a['median_step_cpu_s']:.2f}x less" if mine else ""
@@ -297,26 +365,47 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _merge_earlier(result: dict[str, Any], path: Path) -> None:
+    """Keep the runs of cases not run now from an earlier file with the same settings (so that
+    ``--cases`` can add or redo some cases of a table)."""
+    if not path.exists():
+        return
+    old = json.loads(path.read_text(encoding="utf-8"))
+    same = ("device", "vocab", "hidden", "layers", "batch", "steps", "beta", "shape", "malloc_mmap_threshold")
+    if any(old.get(k) != result.get(k) for k in same):
+        return
+    now = {r["case"] for r in result["runs"]}
+    result["runs"] = [r for r in old.get("runs", []) if r["case"] not in now] + result["runs"]
+    result["merged_from"] = old.get("created_at")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--shape", choices=list(SHAPES), default="tasks",
+                        help="sequence shape: tasks (~12 tokens), medium (~210), long (~530); sets batch and steps")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the shape's)")
+    parser.add_argument("--batch", type=int, default=None, help="pairs per step (default: the shape's)")
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--vocab", type=int, default=50257)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--cases", nargs="*", default=list(CASES))
+    parser.add_argument("--malloc-mmap-threshold", type=int, default=None, metavar="BYTES",
+                        help="run both trainers with glibc's mmap threshold fixed at BYTES (MALLOC_MMAP_THRESHOLD_), "
+                             "so freed tensors leave the resident set; default: glibc's dynamic threshold")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.batch = args.batch or SHAPES[args.shape][2]
+    args.steps = args.steps or SHAPES[args.shape][3]
 
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.worker:
-        res = worker(args.worker, args.model_dir, args.steps, args.batch, args.beta, device)
+        res = worker(args.worker, args.model_dir, args.steps, args.batch, args.beta, device, args.shape)
         sys.stdout.write("RESULT " + json.dumps(res) + "\n")
         return 0
 
@@ -334,13 +423,18 @@ def main(argv: list[str] | None = None) -> int:
         from trainlab.data.tokenizer import load_tokenizer
 
         tok = load_tokenizer(model_dir)
-        recs = pairs(args.steps * args.batch)
+        recs = pairs(args.steps * args.batch, tok, *SHAPES[args.shape][:2])
         lengths = [len(tok.encode(r["prompt"] + r["chosen"])) + 1 for r in recs]
+        completion_lengths = [len(tok.encode(r["chosen"], add_special_tokens=False)) + 1 for r in recs]
         for case in args.cases:
             cmd = [sys.executable, __file__, "--worker", case, "--model-dir", str(model_dir), "--steps",
-                   str(args.steps), "--batch", str(args.batch), "--beta", str(args.beta), "--device", device]
+                   str(args.steps), "--batch", str(args.batch), "--beta", str(args.beta), "--device", device,
+                   "--shape", args.shape]
             t0 = time.perf_counter()
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+            env_vars = dict(os.environ, PYTHONWARNINGS="ignore")
+            if args.malloc_mmap_threshold:
+                env_vars["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env_vars)
             line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if proc.returncode != 0 or line is None:
                 sys.stderr.write(f"{case} failed:\n{proc.stderr[-3000:]}\n")
@@ -352,11 +446,16 @@ def main(argv: list[str] | None = None) -> int:
     created = datetime.now(UTC).isoformat(timespec="seconds")
     result = {"device": device_name, "device_type": device, "created_at": created,
               "vocab": args.vocab, "hidden": args.hidden, "layers": args.layers, "parameters": n_params,
-              "batch": args.batch, "steps": args.steps, "beta": args.beta,
+              "batch": args.batch, "steps": args.steps, "beta": args.beta, "shape": args.shape,
+              "malloc_mmap_threshold": args.malloc_mmap_threshold,
+              "mean_completion_tokens": sum(completion_lengths) / len(completion_lengths),
               "mean_tokens": sum(lengths) / len(lengths), "torch_threads": torch.get_num_threads(), "runs": runs}
-    md = markdown(result)
     args.out.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^a-z0-9]+", "_", device_name.lower()).strip("_")[:60]
+    slug += "" if args.shape == "tasks" else f"_{args.shape}"
+    slug += f"_mmap{args.malloc_mmap_threshold // 1024}k" if args.malloc_mmap_threshold else ""
+    _merge_earlier(result, args.out / f"align_{slug}.json")
+    md = markdown(result)
     (args.out / f"align_{slug}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     (args.out / f"align_{slug}.md").write_text(md, encoding="utf-8")
     sys.stdout.write(md)

@@ -235,3 +235,43 @@ def test_load_model_picks_our_decoder_for_our_folders(tmp_path):
     assert isinstance(model, Decoder) and isinstance(model, CausalLM)
     assert model.config.attention == "naive"  # from trainlab.json, which HF's config cannot carry
     assert isinstance(load_model(out, kind="hf"), HFCausalLM)
+
+
+def _loss_grads(model, ids):
+    model.train()
+    torch.manual_seed(0)  # the same dropout masks in both runs (checkpointing replays the RNG state)
+    model.zero_grad(set_to_none=True)
+    model(ids).float().logsumexp(-1).mean().backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_apply_checkpointing_to_loaded_models(gpt2_dir, tmp_path):
+    from trainlab.align.measure import SavedTensorBytes
+    from trainlab.model.protocol import apply_checkpointing
+
+    ids = torch.randint(3, V, (2, 9))
+    # a transformers model: its own per-layer checkpointing, same gradients, less saved for backward
+    hf = load_model(gpt2_dir)
+    plain = _loss_grads(hf, ids)
+    with SavedTensorBytes(exclude=hf.parameters()) as without:
+        hf(ids).sum()
+    apply_checkpointing(hf, "full")
+    assert hf.model.is_gradient_checkpointing
+    ckpt = _loss_grads(hf, ids)
+    with SavedTensorBytes(exclude=hf.parameters()) as with_ckpt:
+        hf(ids).sum()
+    assert with_ckpt.bytes < without.bytes
+    for name, g in plain.items():
+        torch.testing.assert_close(ckpt[name], g, atol=1e-6, rtol=1e-5)
+    apply_checkpointing(hf, "none")
+    assert not hf.model.is_gradient_checkpointing
+    with pytest.raises(UserError, match="needs trainlab's decoder"):
+        apply_checkpointing(hf, "selective")
+    # our decoder: the policy lands in its config, every policy allowed
+    dec = Decoder(ModelConfig(vocab_size=V, dim=32, n_layers=2, n_heads=2, max_seq_len=32))
+    plain = _loss_grads(dec, ids)
+    apply_checkpointing(dec, "every_n", 1)
+    assert (dec.config.checkpointing, dec.config.checkpoint_every) == ("every_n", 1)
+    ckpt = _loss_grads(dec, ids)
+    for name, g in plain.items():
+        torch.testing.assert_close(ckpt[name], g, atol=1e-6, rtol=1e-5)

@@ -103,3 +103,31 @@ def load_model(
     if kind == "trainlab":
         return load_pretrained(p, dtype=dtype or torch.float32, device=device)
     return load_hf(p, dtype=dtype, device=device)
+
+
+def apply_checkpointing(model: Any, policy: str, every: int = 2) -> None:
+    """Set the activation-checkpointing policy of a loaded model (``model.checkpointing`` of a run).
+
+    A saved folder holds the architecture, not how to train it: a run's ``model.checkpointing``
+    applies to whatever model it loads. Our decoder takes every policy (none, full, every_n,
+    selective); a transformers model has one, the library's own per-layer checkpointing, so it takes
+    ``full`` (``gradient_checkpointing_enable``, non-reentrant) or ``none``.
+    """
+    from trainlab.model.decoder import Decoder
+
+    if isinstance(model, Decoder):
+        if (model.config.checkpointing, model.config.checkpoint_every) != (policy, every):
+            model.config = model.config.model_copy(update={"checkpointing": policy, "checkpoint_every": every})
+        return
+    hf = getattr(model, "model", None)
+    if policy == "none":
+        if hf is not None and getattr(hf, "is_gradient_checkpointing", False):
+            hf.gradient_checkpointing_disable()
+        return
+    if policy != "full":
+        raise UserError(f"model.checkpointing={policy!r} needs trainlab's decoder; a transformers model supports "
+                        "'full' or 'none'")
+    if hf is None or not getattr(hf, "supports_gradient_checkpointing", False):
+        raise UserError(f"model.checkpointing=full: {type(hf or model).__name__} does not support gradient "
+                        "checkpointing; use model.checkpointing=none")
+    hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -57,7 +57,7 @@ from trainlab.data.datasets import collate_padded
 from trainlab.data.tasks import TaskRecord
 from trainlab.data.tokenizer import load_tokenizer
 from trainlab.errors import UserError
-from trainlab.model.protocol import load_model
+from trainlab.model.protocol import apply_checkpointing, load_model
 from trainlab.optim import build_optimizer
 from trainlab.train.amp import autocast_context
 from trainlab.train.data import StepBatcher
@@ -280,6 +280,7 @@ def run_alignment(method: str, cfg: AlignRunConfig, model_path: str | Path, out_
     device = resolve_device(cfg.train.device)
     seed_everything(cfg.train.seed)
     model, tokenizer = load_policy(model_path, device)
+    apply_checkpointing(model, cfg.model.checkpointing, cfg.model.checkpoint_every)
     if data is None:
         data = build_alignment_data(method, cfg, tokenizer)
     _check_vocab(model, data)
