@@ -365,6 +365,40 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary(files: list[Path]) -> str:
+    """One row per (shape, allocator, method) from result files: trainlab vs TRL's defaults."""
+    head = ("| shape (tokens/seq) | batch | allocator | method | pairs/s vs TRL | memory vs TRL | "
+            "with activation checkpointing: pairs/s, memory vs TRL |")
+    lines = [head, "| --- | --- | --- | --- | --- | --- | --- |"]
+    order = {"tasks": 0, "medium": 1, "long": 2}
+    docs = []
+    for f in files:
+        d = json.loads(f.read_text(encoding="utf-8"))
+        # a rerun of some cases (e.g. `..._dpo_rerun.json`, after a disturbed run) replaces their rows
+        for rerun in sorted(f.parent.glob(f.stem + "_*rerun.json")):
+            again = {r["case"]: r for r in json.loads(rerun.read_text(encoding="utf-8"))["runs"]}
+            d["runs"] = [again.get(r["case"], r) for r in d["runs"]]
+        docs.append(d)
+    docs.sort(key=lambda d: (order.get(d.get("shape", "tasks"), 9), d.get("malloc_mmap_threshold") or 0))
+    for d in docs:
+        rows = {r["case"]: r for r in d["runs"]}
+        mmap = d.get("malloc_mmap_threshold")
+        alloc = f"mmap ≥ {mmap // 1024} KiB" if mmap else "glibc default"
+        for method in ("dpo", "orpo", "simpo"):
+            theirs, ours, ckpt = rows.get(f"trl-{method}"), rows.get(f"trainlab-{method}"), \
+                rows.get(f"trainlab-{method}-ckpt")
+            if theirs is None or ours is None:
+                continue
+
+            def ratio(a: dict[str, Any], b: dict[str, Any] = theirs) -> str:  # type: ignore[assignment]
+                return f"{a['samples_per_s'] / b['samples_per_s']:.2f}x | {a['peak_bytes'] / b['peak_bytes']:.2f}x"
+
+            extra = ratio(ckpt).replace(" | ", ", ") if ckpt else "not run"
+            lines.append(f"| {d.get('shape', 'tasks')} ({d['mean_tokens']:.0f}) | {d['batch']} | {alloc} | "
+                         f"{method.upper() if method != 'simpo' else 'SimPO'} | {ratio(ours)} | {extra} |")
+    return "\n".join(lines) + "\n"
+
+
 def _merge_earlier(result: dict[str, Any], path: Path) -> None:
     """Keep the runs of cases not run now from an earlier file with the same settings (so that
     ``--cases`` can add or redo some cases of a table)."""
@@ -395,9 +429,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="run both trainers with glibc's mmap threshold fixed at BYTES (MALLOC_MMAP_THRESHOLD_), "
                              "so freed tensors leave the resident set; default: glibc's dynamic threshold")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--summary", nargs="*", type=Path, default=None, metavar="JSON",
+                        help="print the summary table of result files (default: all align_*.json in --out)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.summary is not None:
+        files = args.summary or sorted(f for f in args.out.glob("align_*.json") if "rerun" not in f.name)
+        sys.stdout.write(summary(files))
+        return 0
     args.batch = args.batch or SHAPES[args.shape][2]
     args.steps = args.steps or SHAPES[args.shape][3]
 
