@@ -15,7 +15,15 @@ from trainlab.train.callbacks import Callback
 from trainlab.train.checkpoint import CHECKPOINT_NAME, CheckpointManager, load_checkpoint, save_checkpoint
 from trainlab.train.data import StepBatcher, StepSource
 from trainlab.train.device import resolve_device
-from trainlab.train.loop import StepStats, Trainer, TrainResult, accumulate_gradients
+from trainlab.train.loop import (
+    StepHooks,
+    StepOutcome,
+    StepStats,
+    Trainer,
+    TrainResult,
+    accumulate_gradients,
+    optimizer_step,
+)
 from trainlab.train.metrics import METRICS_NAME, read_metrics
 from trainlab.train.objectives import Batch, CausalLMObjective, Objective, ObjectiveOutput
 
@@ -31,6 +39,8 @@ __all__ = [
     "Objective",
     "ObjectiveOutput",
     "StepBatcher",
+    "StepHooks",
+    "StepOutcome",
     "StepSource",
     "StepStats",
     "TorchLossScaler",
@@ -40,6 +50,7 @@ __all__ = [
     "autocast_context",
     "build_loss_scaler",
     "load_checkpoint",
+    "optimizer_step",
     "read_metrics",
     "resolve_device",
     "save_checkpoint",

@@ -116,14 +116,35 @@ def count_tokens(batch: Batch) -> int:
     return int(sum(v.numel() for k, v in batch.items() if k.endswith("input_ids") and isinstance(v, Tensor)))
 
 
+class StepHooks:
+    """Observe one optimizer step from outside: ``phase(name, index)`` wraps each phase.
+
+    Phases, in order: ``("forward", i)`` and ``("backward", i)`` for every micro-batch ``i``, then
+    ``("optimizer", 0)`` (unscale, clip, update). Measurements (memory meters, the profiler's
+    ``record_function``, saved-tensor hooks) subclass this instead of re-writing the step.
+    ``forward_output(i, out)`` sees each micro-batch's `ObjectiveOutput` before it is released.
+    """
+
+    def phase(self, name: str, index: int) -> contextlib.AbstractContextManager[Any]:
+        del name, index
+        return contextlib.nullcontext()
+
+    def forward_output(self, index: int, out: Any) -> None:
+        del index, out
+
+
+_NO_HOOKS = StepHooks()
+
+
 def accumulate_gradients(model: nn.Module, objective: Objective, micro_batches: Sequence[Batch], *,
                          device: torch.device, precision: Precision = "fp32",
-                         scaler: LossScaler | None = None) -> StepStats:
+                         scaler: LossScaler | None = None, hooks: StepHooks | None = None) -> StepStats:
     """Forward + backward of every micro-batch, each scaled by ``1 / N`` (``N``: the step's count).
 
     Gradients accumulate into ``.grad`` (call ``zero_grad`` before). With ``N = 0`` (nothing
     supervised in the whole step) nothing is run and the returned count is 0.
     """
+    hooks = hooks or _NO_HOOKS
     total = sum(objective.count(mb) for mb in micro_batches)
     tokens = sum(count_tokens(mb) for mb in micro_batches)
     loss_sum = torch.zeros((), device=device, dtype=torch.float32)
@@ -131,18 +152,68 @@ def accumulate_gradients(model: nn.Module, objective: Objective, micro_batches: 
         return StepStats(loss_sum=loss_sum, count=0, tokens=tokens)
     metric_sums: dict[str, float] = {}
     metric_weights: dict[str, float] = {}
-    for mb in micro_batches:
+    for i, mb in enumerate(micro_batches):
         mb = to_device(mb, device)
-        with autocast_context(device, precision):
-            out = objective(model, mb)
-        loss = out.loss_sum / total
-        (scaler.scale(loss) if scaler is not None else loss).backward()
+        with hooks.phase("forward", i):
+            with autocast_context(device, precision):
+                out = objective(model, mb)
+            loss = out.loss_sum / total
+        hooks.forward_output(i, out)
         loss_sum += out.loss_sum.detach().float()
         for k, v in out.metrics.items():
             metric_sums[k] = metric_sums.get(k, 0.0) + float(v) * float(out.count)
             metric_weights[k] = metric_weights.get(k, 0.0) + float(out.count)
+        del out
+        with hooks.phase("backward", i):
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+            del loss
     metrics = {k: metric_sums[k] / metric_weights[k] for k in metric_sums if metric_weights[k] > 0}
     return StepStats(loss_sum=loss_sum, count=total, tokens=tokens, metrics=metrics)
+
+
+@dataclass
+class StepOutcome:
+    """What one optimizer step did: its accumulated stats, loss, gradient norm, whether it updated."""
+
+    stats: StepStats
+    loss: float  # loss_sum / count of the step (nan when nothing was supervised)
+    grad_norm: float  # global L2 norm before clipping (unscaled)
+    stepped: bool  # the update was applied (False: fp16 overflow, empty step, or non-finite)
+    finite: bool  # loss and gradient norm finite (always True for fp16, whose overflow the scaler handles)
+
+
+def optimizer_step(model: nn.Module, objective: Objective, micro_batches: Sequence[Batch],
+                   optimizer: torch.optim.Optimizer, scaler: LossScaler, *, device: torch.device,
+                   precision: Precision = "fp32", grad_clip: float = 0.0,
+                   params: Sequence[nn.Parameter] | None = None, hooks: StepHooks | None = None) -> StepOutcome:
+    """THE optimizer step (see the module docstring): accumulate, unscale, clip, update, zero grads.
+
+    Every training run and every measurement of a training step calls this function; what a
+    measurement needs to see it gets through ``hooks``. In fp32/bf16 a non-finite loss or gradient
+    norm skips the update and returns ``finite=False`` (the `Trainer` turns that into
+    `TrainingDiverged`); in fp16 the loss scaler skips overflowing steps itself.
+    """
+    hooks = hooks or _NO_HOOKS
+    stats = accumulate_gradients(model, objective, micro_batches, device=device, precision=precision,
+                                 scaler=scaler, hooks=hooks)
+    if stats.count == 0:
+        optimizer.zero_grad(set_to_none=True)
+        return StepOutcome(stats, math.nan, 0.0, stepped=False, finite=True)
+    if params is None:
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+    with hooks.phase("optimizer", 0):
+        scaler.unscale_(optimizer)
+        norm = grad_norm_(params, grad_clip)
+        # One host sync per step, for both values; needed anyway to detect divergence.
+        pair = torch.stack([stats.loss_sum / stats.count, norm.float().to(stats.loss_sum.device)])
+        loss, gnorm = pair.tolist()
+        finite = precision == "fp16" or (math.isfinite(loss) and math.isfinite(gnorm))
+        stepped = False
+        if finite:
+            stepped = scaler.step(optimizer)
+            scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return StepOutcome(stats, loss, gnorm, stepped=stepped, finite=finite)
 
 
 def grad_norm_(params: Sequence[nn.Parameter], max_norm: float) -> Tensor:
@@ -438,27 +509,19 @@ class Trainer:
         batcher_before = self.batcher.state_dict()
         micro = self.batcher.next_step()
         lr = float(self.optimizer.param_groups[0]["lr"])
-        stats = accumulate_gradients(self.model, self.objective, micro, device=self.device,
-                                     precision=cfg.precision, scaler=self.scaler)
+        outcome = optimizer_step(self.model, self.objective, micro, self.optimizer, self.scaler,
+                                 device=self.device, precision=cfg.precision, grad_clip=cfg.grad_clip,
+                                 params=self._params)
+        stats, loss, gnorm, stepped = outcome.stats, outcome.loss, outcome.grad_norm, outcome.stepped
         step = self.step + 1
         if stats.count == 0:
             # Nothing supervised in the whole step (e.g. every prompt filled the window): there
             # is no gradient signal, and an AdamW update from zero grads would still move the
-            # weights (momentum, decay). Skip the update; keep the schedule on the step counter.
+            # weights (momentum, decay). The update was skipped; the schedule follows the step counter.
             logger.info(f"step {step}: no supervised units in the batch; update skipped")
-            loss, gnorm, stepped = math.nan, 0.0, False
-        else:
-            self.scaler.unscale_(self.optimizer)
-            norm = grad_norm_(self._params, cfg.grad_clip)
-            # One host sync per step, for both values; needed anyway to detect divergence.
-            pair = torch.stack([stats.loss_sum / stats.count, norm.float().to(stats.loss_sum.device)])
-            loss, gnorm = pair.tolist()
-            if cfg.precision != "fp16" and not (math.isfinite(loss) and math.isfinite(gnorm)):
-                self._diverged(step, f"loss = {loss}, grad norm = {gnorm} ({cfg.precision})", batcher_before)
-            stepped = self.scaler.step(self.optimizer)
-            self.scaler.update()
+        elif not outcome.finite:
+            self._diverged(step, f"loss = {loss}, grad norm = {gnorm} ({cfg.precision})", batcher_before)
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
         self.step = step
 
         dt = time.perf_counter() - t0
