@@ -100,8 +100,10 @@ class CausalLMObjective:
         mask, targets = supervised_targets(batch["labels"])
         h = hidden[:, :-1][mask]  # [N, D]
         weight = model.output_embedding()  # [V, D]
+        # fp32 at least (fp64 stays fp64: a float64 model is the exactness reference of the tests)
+        dtype = torch.promote_types(h.dtype, torch.float32)
         with torch.autocast(device_type=h.device.type, enabled=False):
-            logits = h.float() @ weight.float().T  # [N, V], fp32
+            logits = h.to(dtype) @ weight.to(dtype).T  # [N, V]
             loss_sum = F.cross_entropy(logits, targets, reduction="sum")
         metrics: dict[str, float] = {}
         n = int(targets.numel())
