@@ -107,6 +107,9 @@ class TrainConfig(StrictModel):
     eps: float = Field(1e-8, gt=0)
     grad_clip: float = Field(1.0, ge=0, description="max global grad norm; 0 disables clipping")
     optim: Literal["adamw", "sgd", "lion"] = "adamw"
+    fused: bool | None = Field(None, description="AdamW: the fused kernel (one pass over parameters and "
+                               "states); None: fused where torch has one for the parameters' device "
+                               "and dtypes; true: required; false: the foreach kernel")
     precision: Precision = "fp32"
     init_loss_scale: float = Field(2.0**16, gt=0)
     eval_every: int = Field(50, ge=0, description="0: only at the end")

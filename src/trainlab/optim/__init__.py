@@ -1,7 +1,8 @@
 """Optimizers and the learning-rate schedule.
 
-`build_optimizer(model, cfg)` returns the optimizer named by ``cfg.optim``; `build_scheduler`
-returns the warm-up + cosine schedule of `trainlab.optim.schedule`.
+`build_optimizer(model, cfg)` returns the optimizer named by ``cfg.optim`` (AdamW: the fused
+kernel where torch has one, ``cfg.fused``); `build_scheduler` returns the warm-up + cosine
+schedule of `trainlab.optim.schedule`. Every recipe builds its optimizer here.
 
 Weight decay goes to parameters with two or more dimensions — the weight matrices of linear
 layers *and the embedding table* — and not to one-dimensional ones (biases, RMSNorm/LayerNorm
@@ -87,12 +88,35 @@ def param_groups(model: nn.Module, weight_decay: float) -> ParamGroups:
     return groups
 
 
+def fused_supported(groups: ParamGroups) -> bool:
+    """True if torch has a fused AdamW kernel for every parameter's device and dtype (floating point)."""
+    try:
+        from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+        devices = set(_get_fused_kernels_supported_devices())
+    except ImportError:  # a torch without the helper: the two devices fused AdamW has had longest
+        devices = {"cpu", "cuda"}
+    params = [p for g in groups for p in g["params"]]
+    return bool(params) and all(p.device.type in devices and torch.is_floating_point(p) for p in params)
+
+
 @register_optimizer("adamw")
 def _adamw(groups: ParamGroups, cfg: TrainConfig) -> torch.optim.Optimizer:
-    # foreach (the default on every device) batches the per-parameter math into a few kernels;
-    # "fused" would be faster on CUDA but is not bit-identical with the CPU path we test on.
+    """AdamW, fused or foreach (``cfg.fused``; see `fused_supported`).
+
+    Both kernels apply the same update rule. The foreach kernel batches the per-parameter math into
+    a dozen or so passes over parameters, gradients and both moments, with temporaries as large as
+    the parameters; the fused kernel makes one pass (CPU since torch 2.4, CUDA), which is what a
+    fine-tuning step that updates every weight wants. Their results differ by rounding only, and
+    each is deterministic, so a resumed run is bit-exact with either (tests/test_optim.py).
+    """
+    fused = fused_supported(groups) if cfg.fused is None else cfg.fused
+    if cfg.fused and not fused_supported(groups):
+        raise UserError("train.fused=true: torch has no fused AdamW for these parameters' device or dtype; "
+                        "use train.fused=false or leave it unset", key="train.fused")
+    kwargs: dict[str, Any] = {"fused": True} if fused else {"foreach": None}
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-                             weight_decay=cfg.weight_decay)
+                             weight_decay=cfg.weight_decay, **kwargs)
 
 
 @register_optimizer("sgd")
@@ -108,6 +132,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     if builder is None:
         expected = ", ".join(available_optimizers())
         raise UserError(f"unknown optimizer {cfg.optim!r}; expected one of {expected}", key="train.optim")
+    if cfg.fused and cfg.optim != "adamw":
+        raise UserError(f"train.fused=true applies to adamw, not {cfg.optim}", key="train.fused")
     return builder(param_groups(model, cfg.weight_decay), cfg)
 
 
@@ -128,6 +154,7 @@ __all__ = [
     "build_scheduler",
     "cosine_with_warmup",
     "decay_mask",
+    "fused_supported",
     "param_groups",
     "register_optimizer",
 ]
