@@ -58,12 +58,32 @@ class LossOutput:
 
 
 def log1mexp(x: Tensor) -> Tensor:
-    """``log(1 − eˣ)`` for ``x < 0``, stably (Mächler, 2012, "Accurately Computing log(1 − exp(−|a|))").
+    """``log(1 − eˣ)`` for ``x ≤ 0``, stably (Mächler, 2012, "Accurately Computing log(1 − exp(−|a|))").
 
     Near 0, ``1 − eˣ`` cancels catastrophically, so ``log(−expm1(x))`` is used; far below,
     ``eˣ`` underflows relative to 1, so ``log1p(−eˣ)``. The switch point is ``−ln 2``.
+
+    Both branches get an input clamped to their own side of the switch ("safe where"): the branch
+    ``torch.where`` does not select must stay finite, or its infinite derivative times the zero
+    that ``where`` routes to it makes the gradient NaN (fp32, ``x`` in (−6e-8, 0]: ``eˣ`` rounds to 1
+    and ``log1p(−1)`` is −∞).
+
+    Inputs in ``(−tiny, 0]`` (``tiny``: the smallest normal number of ``x``'s dtype) are evaluated
+    at ``−tiny``, with the derivative there passed straight through (``−1/tiny``): the exact value
+    is ``−∞`` at 0, and the exact derivative (``≈ 1/x``) exceeds what the dtype holds. ORPO's
+    log-odds ``p̄ − log1mexp(p̄)`` of a completion whose probability rounds to 1 thus stays finite
+    and its gradient tends to the exact limit. Half types are computed in fp32 and rounded back.
     """
-    return torch.where(x < _LN_HALF, torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
+    dtype = x.dtype
+    tiny = torch.finfo(dtype).tiny if dtype.is_floating_point else torch.finfo(torch.float32).tiny
+    xf = x.float() if dtype in (torch.float16, torch.bfloat16) else x
+    # straight-through clamp: the value at −tiny, the gradient of the clamped point for every x near 0
+    near = xf.clamp(max=-tiny)
+    near = xf + (near - xf).detach()
+    far = xf < _LN_HALF
+    lo = torch.log1p(-torch.exp(torch.where(far, xf, torch.full_like(xf, _LN_HALF))))
+    hi = torch.log(-torch.expm1(torch.where(far, torch.full_like(xf, _LN_HALF), near)))
+    return torch.where(far, lo, hi).to(dtype)
 
 
 def dpo_losses(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor, *,
