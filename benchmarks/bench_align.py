@@ -180,7 +180,7 @@ class _StepClock:
 
 
 def _saved_bytes(fn: Any, params: Any) -> int:
-    from trainlab.align.measure import SavedTensorBytes
+    from trainlab.memory.measure import SavedTensorBytes
 
     with SavedTensorBytes(exclude=params) as st:
         out = fn()
@@ -192,7 +192,7 @@ def worker(case: str, model_dir: Path, n_steps: int, batch: int, beta: float, de
            shape: str = "tasks") -> dict[str, Any]:
     import torch
 
-    from trainlab.align.measure import PeakMemory
+    from trainlab.memory.measure import PeakMemory
 
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TQDM_DISABLE", "1")

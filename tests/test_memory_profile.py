@@ -9,6 +9,7 @@ from _tiny import tiny_decoder, train_config
 
 from trainlab.memory.profile import cuda_memory_snapshot, profile_step
 from trainlab.optim import build_optimizer
+from trainlab.precision.scaler import DynamicLossScaler
 from trainlab.train.objectives import CausalLMObjective
 
 
@@ -35,3 +36,41 @@ def test_cuda_snapshot_is_honest_without_cuda(tmp_path) -> None:
     path, reason = cuda_memory_snapshot(lambda: ran.append(1), tmp_path / "snap.pickle", device="cpu")
     assert path is None and "needs CUDA" in reason and not ran
     assert not (tmp_path / "snap.pickle").exists()
+
+
+class CountingScaler(DynamicLossScaler):
+    """The training loss scaler, counting how the step uses it."""
+
+    def __init__(self) -> None:
+        super().__init__(init_scale=2.0**10)
+        self.calls: list[str] = []
+
+    def scale(self, loss):
+        self.calls.append("scale")
+        return super().scale(loss)
+
+    def unscale_(self, optimizer) -> None:
+        self.calls.append("unscale")
+        super().unscale_(optimizer)
+
+    def step(self, optimizer) -> bool:
+        self.calls.append("step")
+        return super().step(optimizer)
+
+
+def test_fp16_profile_runs_the_training_step_with_loss_scaling(tmp_path) -> None:
+    """fp16 is profiled as it trains: loss scaled per micro-batch, unscaled and checked before the update."""
+    model = tiny_decoder()
+    ids = torch.randint(0, 48, (2, 16))
+    batch = {"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones_like(ids)}
+    scaler = CountingScaler()
+    res = profile_step(model, CausalLMObjective(), [batch, batch], build_optimizer(model, train_config()),
+                       precision="fp16", scaler=scaler, warmup=0, steps=1, top=3)
+    assert scaler.calls == ["scale", "scale", "unscale", "step"]
+    assert res.precision == "fp16" and res.loss_scale == scaler.get_scale()
+    # Without a scaler given, fp16 gets the training loop's dynamic loss scaler (initial scale 2^16).
+    default = profile_step(model, CausalLMObjective(), [batch], build_optimizer(model, train_config()),
+                           precision="fp16", warmup=0, steps=1, top=3)
+    assert default.loss_scale is not None and default.loss_scale >= 2.0**15
+    assert profile_step(model, CausalLMObjective(), [batch], build_optimizer(model, train_config()),
+                        warmup=0, top=3).loss_scale is None

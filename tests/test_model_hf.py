@@ -246,7 +246,7 @@ def _loss_grads(model, ids):
 
 
 def test_apply_checkpointing_to_loaded_models(gpt2_dir, tmp_path):
-    from trainlab.align.measure import SavedTensorBytes
+    from trainlab.memory.measure import SavedTensorBytes
     from trainlab.model.protocol import apply_checkpointing
 
     ids = torch.randint(3, V, (2, 9))

@@ -1,4 +1,8 @@
-"""Measure the memory of a training step, the same way on every device.
+"""Measure the memory of a training step, the same way on every device (the one memory meter).
+
+The step measured is `trainlab.train.optimizer_step`, the training loop's own step; the meter
+watches it through `StepHooks` (live bytes and peak per phase; saved-tensor hooks and the loss-head
+hook inside each forward), so what is measured is exactly what training runs.
 
 * **CUDA**: the caching allocator's statistics. ``torch.cuda.memory_allocated`` is the bytes held
   by live tensors; ``max_memory_allocated`` after ``reset_peak_memory_stats`` is the high mark of
@@ -17,6 +21,9 @@ its own frames), and the loss head's share of them from ``saved_tensors_hooks`` 
 the final norm). The tensors autograd saves through the hooks are also summed on their own
 (``saved_for_backward``): with ``full``/``none`` checkpointing that is nearly all activations, with
 ``selective`` it misses the outputs kept by the checkpoint policy, which only the live count sees.
+
+For whole runs (the alignment recipes, benchmarks) `training_memory` gives the same components
+without running an update, and `PeakMemory` (`trainlab.memory.rss`) samples the process's RSS.
 
 A memory cap turns out-of-memory into a result: on CPU the tracker raises `MemoryCapExceeded`
 as soon as live bytes pass ``memory_cap_bytes``; on CUDA the cap becomes the process's memory
@@ -39,8 +46,10 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from trainlab.train.amp import LossScaler, NoLossScaler, autocast_context
+from trainlab.memory.rss import PeakMemory, read_rss, release_free_heap, reset_peak_rss, rss_bytes
+from trainlab.train.amp import LossScaler, build_loss_scaler
 from trainlab.train.device import resolve_device
+from trainlab.train.loop import StepHooks, optimizer_step
 from trainlab.train.objectives import Batch, Objective
 
 
@@ -160,31 +169,6 @@ class LiveTensorTracker(TorchDispatchMode):
         return out
 
 
-def read_rss() -> tuple[int | None, int | None]:
-    """(current RSS, peak RSS since the last reset) in bytes, from /proc/self/status (Linux)."""
-    rss = hwm = None
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    rss = int(line.split()[1]) * 1024
-                elif line.startswith("VmHWM:"):
-                    hwm = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return rss, hwm
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's RSS high-water mark (``echo 5 > /proc/self/clear_refs``, Linux ≥ 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
 # --------------------------------------------------------------------------------------------
 # One API for both devices
 # --------------------------------------------------------------------------------------------
@@ -299,15 +283,20 @@ class StepMemory:
         return d
 
 
-class _SavedBytes:
-    """``saved_tensors_hooks`` that sum the distinct storages saved for backward (params excluded),
-    split into before/after ``head_start`` (the loss head)."""
+class SavedTensorBytes:
+    """Bytes autograd saves for backward: ``with SavedTensorBytes(exclude=params) as st: out = f(...)``
+    then ``st.bytes``. Each storage is counted once; ``exclude`` (the parameters) is not counted.
 
-    def __init__(self, exclude: Iterable[Tensor]) -> None:
+    While ``in_head`` is True (set by a forward hook on the loss head) saved storages count as the
+    head's (``head_bytes``), before it as the body's, so logits can be told from activations.
+    """
+
+    def __init__(self, exclude: Iterable[Tensor] = ()) -> None:
         self.exclude = {_storage_key(t) for t in exclude}
         self.body: dict[tuple[int, int, int], int] = {}
         self.head: dict[tuple[int, int, int], int] = {}
         self.in_head = False
+        self._hooks: Any = None
 
     def pack(self, t: Tensor) -> Tensor:
         key = _storage_key(t)
@@ -324,12 +313,102 @@ class _SavedBytes:
         return sum(self.body.values()) + sum(self.head.values())
 
     @property
+    def bytes(self) -> int:
+        return self.total
+
+    @property
     def head_bytes(self) -> int:
         return sum(self.head.values())
+
+    def __enter__(self) -> SavedTensorBytes:
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self.pack, self.unpack)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hooks.__exit__(*exc)
+
+
+def _nbytes(params: Iterable[Tensor]) -> int:
+    return sum(p.numel() * p.element_size() for p in params)
+
+
+def training_memory(model: nn.Module, step: Callable[[], Any], *, optimizer_states: int = 2,
+                    frozen_copies: Iterable[nn.Module] = ()) -> dict[str, int]:
+    """Exact bytes of one training micro-step, without running the optimizer (alignment recipes).
+
+    ``step()`` runs the forward pass of one micro-batch (its result is discarded, no backward);
+    ``optimizer_states`` tensors the size of each trainable parameter (AdamW: 2);
+    ``frozen_copies``: extra models held during training (a frozen reference). Parameters,
+    gradients and states are counted from their sizes; activations are what autograd saves for
+    the backward (`SavedTensorBytes`): logits held for the backward pass show up there, which is
+    what chunked log-probs remove.
+    """
+    params = list(model.parameters())
+    trainable = [p for p in params if p.requires_grad]
+    with SavedTensorBytes(exclude=params) as saved:
+        out = step()
+    del out
+    model.zero_grad(set_to_none=True)
+    memory = {
+        "parameters": _nbytes(params),
+        "gradients": _nbytes(trainable),
+        "optimizer": optimizer_states * _nbytes(trainable),
+        "reference": sum(_nbytes(m.parameters()) for m in frozen_copies),
+        "activations": saved.bytes,
+    }
+    memory["total"] = sum(memory.values())
+    return memory
 
 
 def _batch_tensors(micro: Sequence[Batch]) -> list[Tensor]:
     return [v for mb in micro for v in mb.values() if isinstance(v, Tensor)]
+
+
+class _MeterHooks(StepHooks):
+    """`StepHooks` of the memory meter: live bytes and peak per phase; in each forward, the saved
+    tensors (``saved_tensors_hooks``) split at the loss head, and the bytes retained for backward."""
+
+    def __init__(self, meter: _Meter, result: StepMemory, model: nn.Module, head: nn.Module | None) -> None:
+        self.meter, self.result, self.model, self.head = meter, result, model, head
+        self.step = 0
+        self.new_step()
+
+    def new_step(self) -> None:
+        self.step += 1
+        self.acts = self.head_bytes = self.saved = 0
+        self.gradients = 0
+
+    def _done(self, name: str, t_start: float) -> None:
+        self.result.phases.append(Phase(name, self.step, self.meter.live(), self.meter.peak(),
+                                        time.perf_counter() - t_start))
+        self.meter.reset_peak()
+
+    @contextlib.contextmanager
+    def phase(self, name: str, index: int) -> Iterator[None]:
+        t = time.perf_counter()
+        self.meter.mark(name)
+        if name == "optimizer":  # the gradients are complete here; the step frees them at its end
+            self.gradients = gradient_bytes(self.model)
+        if name != "forward":
+            yield
+            self._done(name, t)
+            return
+        before = self.meter.live()
+        saved = SavedTensorBytes(self.model.parameters())
+        handle = (self.head.register_forward_hook(lambda *_a: setattr(saved, "in_head", True))
+                  if self.head is not None else None)
+        try:
+            with saved:
+                yield
+        finally:
+            if handle is not None:
+                handle.remove()
+        retained = self.meter.live() - before  # what the forward keeps for backward (and the loss)
+        self.acts = max(self.acts, retained - saved.head_bytes)
+        self.head_bytes = max(self.head_bytes, saved.head_bytes)
+        self.saved = max(self.saved, saved.total)
+        self._done(name, t)
 
 
 def measure_training_step(
@@ -349,12 +428,14 @@ def measure_training_step(
 ) -> StepMemory:
     """Run ``steps`` training steps and measure their memory (see the module docstring).
 
-    ``model`` may be a builder (then building it is the "load" phase of the timeline), and
-    ``optimizer`` a builder taking the model. ``micro_batches`` is one step's micro-batches (used
-    for every step) or a list of them per step. The loss is normalized by the step's total count,
-    as in `trainlab.train.loop`. Measure at least two steps to see the steady state: the
-    optimizer allocates its state during the first ``step()``. ``head_module``: where the loss
-    head starts (default: the model's ``norm`` attribute, the decoder's final norm).
+    Each step is `trainlab.train.optimizer_step`, the training loop's own step, observed through
+    `StepHooks`. ``model`` may be a builder (then building it is the "load" phase of the
+    timeline), and ``optimizer`` a builder taking the model. ``micro_batches`` is one step's
+    micro-batches (used for every step) or a list of them per step. ``scaler``: the loss scaler
+    (default: the one training builds for ``precision``, dynamic loss scaling in fp16). Measure at
+    least two steps to see the steady state: the optimizer allocates its state during the first
+    update. ``head_module``: where the loss head starts (default: the model's ``norm`` attribute,
+    the decoder's final norm).
     """
     dev = resolve_device(str(device))  # "cuda" without a GPU: a clear error, not a crash deep inside
     meter = _Meter(dev, memory_cap_bytes, timeline)
@@ -364,17 +445,12 @@ def measure_training_step(
         per_step = [micro_batches] * steps  # type: ignore[list-item]
     else:
         per_step = list(micro_batches)[:steps]  # type: ignore[arg-type]
-    scaler = scaler or NoLossScaler()
+    scaler = scaler or build_loss_scaler(precision, dev)  # type: ignore[arg-type]
     opt: torch.optim.Optimizer | None = None
     m: nn.Module | None = None
     reset_peak_rss()
     result.rss_start = read_rss()[0]
     t0 = time.perf_counter()
-
-    def phase_done(name: str, step: int, t_start: float) -> None:
-        result.phases.append(Phase(name, step, meter.live(), meter.peak(), time.perf_counter() - t_start))
-        meter.reset_peak()
-
     try:
         with meter.active():
             meter.mark("load")
@@ -393,56 +469,23 @@ def measure_training_step(
                 if id(mb) not in moved:
                     moved[id(mb)] = {k: v.to(dev) if isinstance(v, Tensor) else v for k, v in mb.items()}
             meter.register(_batch_tensors(list(moved.values())))
-            phase_done("load", 0, t0)
-            head = head_module if head_module is not None else getattr(m, "norm", None)
+            result.phases.append(Phase("load", 0, meter.live(), meter.peak(), time.perf_counter() - t0))
+            meter.reset_peak()
+            hooks = _MeterHooks(meter, result, m, head_module if head_module is not None else getattr(m, "norm", None))
             m.train()
+            opt.zero_grad(set_to_none=True)
             for step_i, micro in enumerate(per_step, start=1):
-                micro = [moved[id(mb)] for mb in micro]
-                opt.zero_grad(set_to_none=True)
-                total = sum(objective.count(mb) for mb in micro)
-                acts = head_bytes = saved = 0
-                loss_sum = 0.0
-                for mb in micro:
-                    t = time.perf_counter()
-                    meter.mark("forward")
-                    before = meter.live()
-                    saved_hook = _SavedBytes(m.parameters())
-                    handle = None
-                    if head is not None:
-                        handle = head.register_forward_hook(lambda *_a, s=saved_hook: setattr(s, "in_head", True))
-                    try:
-                        with torch.autograd.graph.saved_tensors_hooks(saved_hook.pack, saved_hook.unpack), \
-                                autocast_context(dev, precision):  # type: ignore[arg-type]
-                            out = objective(m, mb)
-                    finally:
-                        if handle is not None:
-                            handle.remove()
-                    loss = out.loss_sum / max(total, 1)
-                    retained = meter.live() - before
-                    acts = max(acts, retained - saved_hook.head_bytes)
-                    head_bytes = max(head_bytes, saved_hook.head_bytes)
-                    saved = max(saved, saved_hook.total)
-                    loss_sum += float(out.loss_sum.detach())
-                    del out
-                    phase_done("forward", step_i, t)
-                    t = time.perf_counter()
-                    meter.mark("backward")
-                    scaler.scale(loss).backward()
-                    del loss
-                    phase_done("backward", step_i, t)
-                t = time.perf_counter()
-                meter.mark("optimizer")
-                scaler.unscale_(opt)
-                if grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(m.parameters(), grad_clip)
-                scaler.step(opt)
-                scaler.update()
-                phase_done("optimizer", step_i, t)
-                result.activations, result.logits, result.saved_for_backward = acts, head_bytes, saved
-                result.loss = loss_sum / max(total, 1)
+                if step_i > 1:
+                    hooks.new_step()
+                outcome = optimizer_step(m, objective, [moved[id(mb)] for mb in micro], opt, scaler, device=dev,
+                                         precision=precision, grad_clip=grad_clip,  # type: ignore[arg-type]
+                                         hooks=hooks)
+                result.activations, result.logits, result.saved_for_backward = hooks.acts, hooks.head_bytes, \
+                    hooks.saved
+                result.gradients = hooks.gradients
+                result.loss = outcome.loss
                 result.steps = step_i
             result.parameters = parameter_bytes(m)
-            result.gradients = gradient_bytes(m)
             result.optimizer_states = optimizer_state_bytes(opt)
             meter.mark("end")
     except torch.OutOfMemoryError as exc:  # our cap on CPU, the allocator on CUDA
@@ -475,13 +518,18 @@ def measure_training_step(
 __all__ = [
     "LiveTensorTracker",
     "MemoryCapExceeded",
+    "PeakMemory",
     "Phase",
+    "SavedTensorBytes",
     "StepMemory",
     "gradient_bytes",
     "measure_training_step",
     "optimizer_state_bytes",
     "parameter_bytes",
     "read_rss",
+    "release_free_heap",
     "reset_peak_rss",
+    "rss_bytes",
     "tensors_bytes",
+    "training_memory",
 ]

@@ -1,6 +1,7 @@
 """Profile a training step: where the time and the memory go.
 
-* `profile_step` runs warm-up steps and then profiled steps under ``torch.profiler.profile``
+* `profile_step` runs warm-up steps and then profiled steps (`trainlab.train.optimizer_step`, the
+  training loop's own step, with its loss scaler) under ``torch.profiler.profile``
   (``profile_memory=True``, ``record_shapes=True``), with ``record_function`` markers around the
   forward, the backward and the optimizer step so those phases appear as rows (and as spans in the
   trace). It returns two operator tables, sorted by self time and by self memory, the phase totals,
@@ -16,6 +17,7 @@ use the profiler for proportions and for finding the operator responsible.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +27,9 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from trainlab.train.amp import autocast_context
+from trainlab.train.amp import LossScaler, build_loss_scaler
 from trainlab.train.device import resolve_device
+from trainlab.train.loop import StepHooks, optimizer_step
 from trainlab.train.objectives import Batch, Objective
 
 PHASES = ("forward", "backward", "optimizer")
@@ -44,19 +47,22 @@ class ProfileResult:
     device: str
     steps: int
     notes: list[str] = field(default_factory=list)
+    precision: str = "fp32"
+    loss_scale: float | None = None  # fp16: the loss scale after the profiled steps
+
+
+class _ProfilerHooks(StepHooks):
+    """`StepHooks` that name each phase of the step in the profile (``record_function``)."""
+
+    def phase(self, name: str, index: int) -> contextlib.AbstractContextManager[Any]:
+        del index
+        return record_function(name)
 
 
 def _train_step(model: nn.Module, objective: Objective, micro: Sequence[Batch], optimizer: torch.optim.Optimizer,
-                device: torch.device, precision: str) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    total = sum(objective.count(mb) for mb in micro)
-    for mb in micro:
-        with record_function("forward"), autocast_context(device, precision):  # type: ignore[arg-type]
-            out = objective(model, mb)
-        with record_function("backward"):
-            (out.loss_sum / max(total, 1)).backward()
-    with record_function("optimizer"):
-        optimizer.step()
+                scaler: LossScaler, device: torch.device, precision: str) -> None:
+    optimizer_step(model, objective, micro, optimizer, scaler, device=device, precision=precision,  # type: ignore[arg-type]
+                   hooks=_ProfilerHooks())
 
 
 def _row(evt: Any, cuda: bool) -> dict[str, Any]:
@@ -72,18 +78,25 @@ def _row(evt: Any, cuda: bool) -> dict[str, Any]:
 
 def profile_step(model: nn.Module, objective: Objective, micro_batches: Sequence[Batch],
                  optimizer: torch.optim.Optimizer, *, device: torch.device | str = "cpu", precision: str = "fp32",
-                 out_dir: str | Path | None = None, warmup: int = 1, steps: int = 1, top: int = 12) -> ProfileResult:
-    """Profile ``steps`` training steps after ``warmup`` (see the module docstring)."""
+                 scaler: LossScaler | None = None, out_dir: str | Path | None = None, warmup: int = 1,
+                 steps: int = 1, top: int = 12) -> ProfileResult:
+    """Profile ``steps`` training steps after ``warmup`` (see the module docstring).
+
+    Each step is `trainlab.train.optimizer_step`, as in training: in fp16 with dynamic loss scaling
+    (``scaler``, default the one training builds for ``precision``), so the profile includes the
+    scaling, unscaling and overflow check that an fp16 training step pays.
+    """
     dev = resolve_device(str(device))
+    scaler = scaler or build_loss_scaler(precision, dev)  # type: ignore[arg-type]
     cuda = dev.type == "cuda"
     model.to(dev).train()
     micro = [{k: v.to(dev) for k, v in mb.items()} for mb in micro_batches]
     for _ in range(warmup):
-        _train_step(model, objective, micro, optimizer, dev, precision)
+        _train_step(model, objective, micro, optimizer, scaler, dev, precision)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities, profile_memory=True, record_shapes=True) as prof:
         for _ in range(steps):
-            _train_step(model, objective, micro, optimizer, dev, precision)
+            _train_step(model, objective, micro, optimizer, scaler, dev, precision)
         if cuda:
             torch.cuda.synchronize(dev)
     averages = prof.key_averages()
@@ -113,7 +126,8 @@ def profile_step(model: nn.Module, objective: Objective, micro_batches: Sequence
     text = averages.table(sort_by=sort_by, row_limit=top)
     notes = [] if cuda else ["CPU: times are host times; memory is what each operator allocated on the host"]
     return ProfileResult(by_time=by_time, by_memory=by_memory, phases=phases, trace_path=trace, table_text=text,
-                         device=str(dev), steps=steps, notes=notes)
+                         device=str(dev), steps=steps, notes=notes, precision=precision,
+                         loss_scale=scaler.get_scale() if precision == "fp16" else None)
 
 
 def cuda_memory_snapshot(step_fn: Callable[[], None], path: str | Path, *, device: torch.device | str = "cuda",

@@ -49,7 +49,7 @@ from trainlab.align.data import (
     load_records,
 )
 from trainlab.align.evaluate import completion_kl, oracle_accuracy, pair_logps, reward_accuracy, win_rate
-from trainlab.align.measure import PeakMemory, training_memory
+from trainlab.memory.measure import PeakMemory, training_memory
 from trainlab.align.objectives import DPOObjective, KTOObjective, ORPOObjective, SimPOObjective
 from trainlab.align.reference import FrozenReference, reference_logps
 from trainlab.config import dump_config
@@ -301,6 +301,7 @@ def run_alignment(method: str, cfg: AlignRunConfig, model_path: str | Path, out_
                                            kind="unpaired" if method == "kto" else "preference",
                                            # no graph is kept: a wide batch is cheaper per pair
                                            batch_size=max(4 * cfg.train.batch_size, 64), chunk_size=a.chunk_size,
+                                           precision=cfg.train.precision,
                                            device=device)
             data.train.set_reference_logps(values)
             reference_info.update(info)

@@ -1,23 +1,18 @@
-"""Memory of training runs, for the alignment recipes, labs and benchmarks.
+"""The process's resident memory: current and peak RSS, and a sampling peak meter for whole runs.
 
-Two measurements, both reported:
+`measure_training_step` (in `trainlab.memory.measure`) counts tensors exactly; this module measures
+what the operating system sees, for whole training runs (the alignment recipes, the benchmarks):
 
-**Exact accounting** (`training_memory`), the same on every device and independent of what else
-the process did before: the bytes of the parameters, their gradients, the optimizer's states
-(AdamW: two per parameter), a frozen reference copy if there is one, and the *activations*: the
-tensors autograd saves for the backward pass during one micro-batch's forward, counted through
-``torch.autograd.graph.saved_tensors_hooks`` (each storage once; parameters excluded). Logits
-held for the backward pass show up there, which is what chunked log-probs remove.
+* `read_rss` / `reset_peak_rss`: the kernel's current RSS and high-water mark (``VmRSS``/``VmHWM``
+  in ``/proc/self/status``; the mark is reset through ``/proc/self/clear_refs``, Linux >= 4.0).
+* `PeakMemory`: ``with PeakMemory(device) as pm: ...`` then ``pm.peak_bytes``.
 
-**Peak of the process** (`PeakMemory`):
-
-* CUDA: the caching allocator's exact peak (``torch.cuda.max_memory_allocated``, reset on entry),
-  reported as the peak above what was allocated when the block started.
-* CPU: PyTorch has no allocator statistics there, so a background thread samples the process's
-  resident set size (``/proc/self/statm``) every ``interval_s`` while the block runs. The peak
-  above the RSS at entry is the block's working set (activations, gradients, optimizer states
-  created inside it, logits). Sampling can miss a spike shorter than the interval; heavy torch
-  ops release the GIL, so the sampler keeps running during them.
+  - CUDA: the caching allocator's exact peak (``torch.cuda.max_memory_allocated``, reset on
+    entry), reported as the peak above what was allocated when the block started.
+  - CPU: PyTorch has no allocator statistics there, so a background thread samples the process's
+    resident set size (``/proc/self/statm``) every ``interval_s`` while the block runs. The peak
+    above the RSS at entry is the block's working set. Sampling can miss a spike shorter than the
+    interval; heavy torch ops release the GIL, so the sampler keeps running during them.
 """
 
 from __future__ import annotations
@@ -25,18 +20,40 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any
 
 import torch
-from torch import Tensor, nn
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
+def read_rss() -> tuple[int | None, int | None]:
+    """(current RSS, peak RSS since the last reset) in bytes, from /proc/self/status (Linux)."""
+    rss = hwm = None
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1]) * 1024
+                elif line.startswith("VmHWM:"):
+                    hwm = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return rss, hwm
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's RSS high-water mark (``echo 5 > /proc/self/clear_refs``, Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def rss_bytes() -> int:
-    """Current resident set size of this process (0 where /proc is unavailable)."""
+    """Current resident set size of this process (0 where /proc is unavailable); cheap enough to sample."""
     try:
         with open("/proc/self/statm", encoding="ascii") as fh:
             return int(fh.read().split()[1]) * _PAGE
@@ -136,60 +153,4 @@ class PeakMemory:
                 "peak_abs_bytes": self.peak_abs_bytes, "start_bytes": self.start_bytes}
 
 
-class SavedTensorBytes:
-    """``with SavedTensorBytes(exclude=params) as st: loss = f(...)`` then ``st.bytes``: storage bytes
-    autograd saved for backward inside the block (each storage counted once)."""
-
-    def __init__(self, exclude: Iterable[Tensor] = ()) -> None:
-        self._skip = {t.untyped_storage().data_ptr() for t in exclude}
-        self._seen: set[int] = set()
-        self.bytes = 0
-        self._hooks: Any = None
-
-    def _pack(self, t: Tensor) -> Tensor:
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in self._skip and ptr not in self._seen:
-            self._seen.add(ptr)
-            self.bytes += t.untyped_storage().nbytes()
-        return t
-
-    @staticmethod
-    def _unpack(t: Tensor) -> Tensor:
-        return t
-
-    def __enter__(self) -> SavedTensorBytes:
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
-        self._hooks.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._hooks.__exit__(*exc)
-
-
-def _nbytes(params: Iterable[Tensor]) -> int:
-    return sum(p.numel() * p.element_size() for p in params)
-
-
-def training_memory(model: nn.Module, step: Callable[[], Any], *, optimizer_states: int = 2,
-                    frozen_copies: Iterable[nn.Module] = ()) -> dict[str, int]:
-    """Exact bytes of one training micro-step (see the module docstring).
-
-    ``step()`` runs the forward pass of one micro-batch (its result is discarded, no backward);
-    ``optimizer_states`` tensors the size of each trainable parameter (AdamW: 2);
-    ``frozen_copies``: extra models held during training (a frozen reference).
-    """
-    params = list(model.parameters())
-    trainable = [p for p in params if p.requires_grad]
-    with SavedTensorBytes(exclude=params) as saved:
-        out = step()
-    del out
-    model.zero_grad(set_to_none=True)
-    memory = {
-        "parameters": _nbytes(params),
-        "gradients": _nbytes(trainable),
-        "optimizer": optimizer_states * _nbytes(trainable),
-        "reference": sum(_nbytes(m.parameters()) for m in frozen_copies),
-        "activations": saved.bytes,
-    }
-    memory["total"] = sum(memory.values())
-    return memory
+__all__ = ["PeakMemory", "read_rss", "release_free_heap", "reset_peak_rss", "rss_bytes"]
