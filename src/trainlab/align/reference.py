@@ -9,9 +9,17 @@ there are two ways to get it:
 * ``cached`` (`reference_logps`): run the initial model once over the whole dataset before
   training, store one number per completion with the example, and never touch π_ref again.
   Each step then costs only the policy's forward and backward, and the reference weights can be
-  freed. The values are saved under ``$TRAINLAB_HOME/align/reference/`` keyed by a fingerprint of
-  the model weights and of the tokenized data, so a rerun (or another method on the same data)
-  skips even the one pass.
+  freed. The values are saved under ``$TRAINLAB_HOME/align/reference/`` keyed by everything they
+  depend on (`reference_cache_key`): the model weights (and their dtypes), the tokenized data, the
+  precision (autocast), the device (type and model), the logit chunking, the batch width (the
+  padding) and the torch version; so a rerun (or another method on the same data and settings)
+  skips even the one pass, and a change of any of them recomputes.
+
+Both ways score under the same autocast as the policy's forward (``train.precision``): the frozen
+copy runs inside the training step's autocast; the cached pass takes ``precision`` and enters the
+same `trainlab.train.amp.autocast_context`. At step 0 the policy equals π_ref, so the margins
+``(π_c − ρ_c) − (π_r − ρ_r)`` are then exactly 0 under bf16 too (with the reference computed in
+fp32 against a bf16 policy they were not).
 
 A third way, the same model with its PEFT adapters switched off, needs the PEFT component; it
 plugs in as another object with the `FrozenReference.logps` interface.
@@ -21,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,7 +44,7 @@ from trainlab.utils import atomic_write
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = "ref-v1"
+CACHE_VERSION = "ref-v2"
 
 
 class FrozenReference:
@@ -72,15 +81,34 @@ def model_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def reference_cache_path(model_fp: str, data_fp: str, kind: str) -> Path:
-    key = hashlib.sha256(f"{CACHE_VERSION}|{kind}|{model_fp}|{data_fp}".encode()).hexdigest()[:20]
+def device_identity(device: torch.device | str) -> str:
+    """The device as far as numbers depend on it: the type, and for accelerators the model."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and torch.cuda.is_available():
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        return f"cuda:{torch.cuda.get_device_name(index)}"
+    return dev.type
+
+
+def reference_cache_key(model_fp: str, data_fp: str, kind: str, *, precision: str, device: torch.device | str,
+                        dtype: torch.dtype | str, chunk_size: int, batch_size: int) -> str:
+    """The cache key of a reference pass: every input its numbers depend on (module docstring)."""
+    described = {"version": CACHE_VERSION, "kind": kind, "model": model_fp, "data": data_fp,
+                 "precision": precision, "device": device_identity(device), "dtype": str(dtype),
+                 "chunk_size": chunk_size, "batch_size": batch_size, "torch": torch.__version__}
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def reference_cache_path(key: str, kind: str) -> Path:
     return trainlab_home() / "align" / "reference" / f"{kind}-{key}.pt"
 
 
 @torch.no_grad()
 def _score(model: nn.Module, dataset: Sequence[Any], collate: Callable[[list[Any]], dict[str, Tensor]],
-           columns: Callable[[nn.Module, dict[str, Tensor]], Tensor], *, batch_size: int, device: torch.device
-           ) -> Tensor:
+           columns: Callable[[nn.Module, dict[str, Tensor]], Tensor], *, batch_size: int, device: torch.device,
+           precision: str) -> Tensor:
+    from trainlab.train.amp import autocast_context
+
     was_training = model.training
     model.eval()
     out: list[Tensor] = []
@@ -88,7 +116,8 @@ def _score(model: nn.Module, dataset: Sequence[Any], collate: Callable[[list[Any
         for start in range(0, len(dataset), batch_size):
             batch = collate([dataset[i] for i in range(start, min(len(dataset), start + batch_size))])
             batch = {k: v.to(device) for k, v in batch.items()}
-            out.append(columns(model, batch).float().cpu())
+            with autocast_context(device, precision):  # type: ignore[arg-type]
+                out.append(columns(model, batch).float().cpu())
     finally:
         model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, 2)
@@ -96,24 +125,32 @@ def _score(model: nn.Module, dataset: Sequence[Any], collate: Callable[[list[Any
 
 def reference_logps(model: nn.Module, dataset: Any, collate: Callable[[list[Any]], dict[str, Tensor]], *,
                     kind: str, batch_size: int = 32, chunk_size: int = 0, device: torch.device | str = "cpu",
-                    cache: bool = True) -> tuple[Tensor, dict[str, Any]]:
+                    precision: str = "fp32", cache: bool = True) -> tuple[Tensor, dict[str, Any]]:
     """``[n, 2]`` reference log-probs for every example of ``dataset``, computed with ``model`` as it is now.
 
     ``kind="preference"``: columns (chosen, rejected) of a `PreferenceDataset`;
     ``kind="unpaired"``: (completion, mismatched KL completion) of a KTO `CompletionDataset`.
-    With ``cache`` the result is read from / written to `reference_cache_path`. Returns the
-    tensor and a small record (cache path, hit or miss, seconds).
+    ``precision`` is the training run's (``train.precision``): the pass runs under the same autocast
+    as the policy's forward. With ``cache`` the result is read from / written to
+    `reference_cache_path` under `reference_cache_key`. Returns the tensor and a small record
+    (cache path, hit or miss, seconds, precision).
     """
     import time
 
     device = torch.device(device)
     t0 = time.perf_counter()
-    path = reference_cache_path(model_fingerprint(model), dataset.fingerprint(), kind) if cache else None
+    path = None
+    if cache:
+        dtype = next((p.dtype for p in model.parameters()), torch.float32)
+        key = reference_cache_key(model_fingerprint(model), dataset.fingerprint(), kind, precision=precision,
+                                  device=device, dtype=dtype, chunk_size=chunk_size, batch_size=batch_size)
+        path = reference_cache_path(key, kind)
     if path is not None and path.is_file():
         try:
             values = torch.load(path, map_location="cpu", weights_only=True)
             if tuple(values.shape) == (len(dataset), 2):
-                return values, {"cache": str(path), "hit": True, "seconds": time.perf_counter() - t0}
+                return values, {"cache": str(path), "hit": True, "seconds": time.perf_counter() - t0,
+                                "precision": precision}
         except Exception:  # a damaged cache file is recomputed
             log.warning("ignoring unreadable reference cache %s", path)
 
@@ -131,7 +168,8 @@ def reference_logps(model: nn.Module, dataset: Any, collate: Callable[[list[Any]
         return torch.stack([s, k], dim=1)
 
     columns = preference_columns if kind == "preference" else unpaired_columns
-    values = _score(model, dataset, collate, columns, batch_size=batch_size, device=device)
+    values = _score(model, dataset, collate, columns, batch_size=batch_size, device=device, precision=precision)
     if path is not None:
         atomic_write(path, lambda tmp: torch.save(values, tmp))
-    return values, {"cache": str(path) if path else None, "hit": False, "seconds": time.perf_counter() - t0}
+    return values, {"cache": str(path) if path else None, "hit": False, "seconds": time.perf_counter() - t0,
+                    "precision": precision}
