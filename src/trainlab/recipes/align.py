@@ -383,9 +383,12 @@ def _folder_fingerprint(path: Path) -> str:
 
 
 def run_key(method: str, cfg: AlignRunConfig, model_path: str | Path) -> str:
-    """What makes two runs the same: the method, the config (the device aside) and the input model."""
+    """What makes two runs the same: the method, the config, the device it runs on (its numbers and
+    times depend on it: a stage trained elsewhere is not reused) and the input model."""
+    from trainlab.align.reference import device_identity
+
     described = dump_config(cfg)
-    described["train"].pop("device", None)
+    described["train"]["device"] = device_identity(resolve_device(cfg.train.device))
     payload = json.dumps({"method": method, "config": described, "model": _folder_fingerprint(Path(model_path))},
                          sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
