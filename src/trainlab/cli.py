@@ -223,8 +223,7 @@ def _align_command(method: str, overrides: list[str] | None, config: Path | None
     if model is None:
         from trainlab.recipes.base_model import embedded_base_model
 
-        # tiny (tests, smoke runs) gets the tiny base model; every other preset the quick one
-        model = embedded_base_model("tiny" if preset == "tiny" else "quick", quiet=as_json)
+        model = embedded_base_model(preset, quiet=as_json)  # the base model of the same preset
     out_dir = out or Path(f"runs/{method}")
     result = run_alignment(method, cfg, model, out_dir, resume=resume, quiet=as_json).summary
     shown = {k: result[k] for k in ("method", "model_in", "model_dir", "steps", "unit", "units_seen", "final_loss",
@@ -295,13 +294,15 @@ def eval_(
     from trainlab.align.config import align_config
     from trainlab.recipes.align import run_eval
 
+    if method not in ("dpo", "kto", "orpo", "simpo"):
+        raise UserError(f"unknown --method {method!r}; expected one of: dpo, kto, orpo, simpo")
     extra: dict[str, Any] | None = {"align_data": {"strict": True}} if strict else None
-    cfg = align_config(method if method in ("dpo", "kto", "orpo", "simpo") else "dpo", preset=preset,
+    cfg = align_config(method, preset=preset,
                        config_file=config, extra=extra, overrides=_training_overrides(None, None, device, overrides))
     if model is None:
         from trainlab.recipes.base_model import embedded_base_model
 
-        model = embedded_base_model("tiny" if preset == "tiny" else "quick", quiet=as_json)
+        model = embedded_base_model(preset, quiet=as_json)  # the base model of the same preset
     result = run_eval(model, cfg, reference=reference, against=against, data=data, method=method)
     if as_json:
         _emit(result, True)

@@ -1,8 +1,9 @@
-"""The embedded base model: pre-trained once with the ``quick`` preset and cached.
+"""The embedded base model: pre-trained once per preset and cached.
 
-Commands that need a model and get none (``trainlab generate``, later ``sft``/``dpo``/...) use it.
-It lives under ``$TRAINLAB_HOME/models/base-<key>/model`` where the key hashes the exact config,
-so a change of the preset trains a new one instead of silently reusing a stale one.
+Commands that need a model and get none (``trainlab sft|dpo|...|eval --preset P``, the labs) use
+the base model of the same preset ``P`` (``tiny``, ``quick`` or ``full``; another name is a
+`UserError`). It lives under ``$TRAINLAB_HOME/models/base-<key>/model`` where the key hashes the
+exact config, so a change of the preset trains a new one instead of silently reusing a stale one.
 """
 
 from __future__ import annotations
@@ -33,9 +34,13 @@ def base_model_dir(cfg: RunConfig) -> Path:
 
 
 def publish_base_model(cfg: RunConfig, model_dir: Path) -> bool:
-    """Copy a model trained with exactly the base config into the cache (the base lab does this,
-    so later labs and commands reuse it instead of training it again). True if copied."""
-    if cfg.model_dump(exclude={"train": {"device"}}) != base_model_config().model_dump(exclude={"train": {"device"}}):
+    """Copy a model trained with exactly the base config of a preset into the cache (the base lab
+    does this, so later labs and commands of that preset reuse it instead of training it again).
+    True if copied."""
+    from trainlab.config import PRESETS
+
+    described = cfg.model_dump(exclude={"train": {"device"}})
+    if not any(described == base_model_config(p).model_dump(exclude={"train": {"device"}}) for p in PRESETS):
         return False
     root = base_model_dir(cfg)
     target = root / "model"
