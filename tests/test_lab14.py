@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -10,7 +11,11 @@ from pathlib import Path
 import pytest
 
 from trainlab.config import load_config
+from trainlab.env import detect_env
 from trainlab.labs import LABS, run_labs
+from trainlab.labs.lab14.hardware import why_hardware
+from trainlab.labs.lab14.precision import underflow_verdict
+from trainlab.precision.formats import get_format
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("lab14_0*.py"))
@@ -48,6 +53,21 @@ def test_lab14_tiny_writes_all_five_parts(tmp_path: Path) -> None:
     assert d["memory"]["snapshot"].startswith("needs CUDA")
     # Part 5: the advisor ran on every scenario.
     assert len(d["advisor"]["plans"]) >= 5
+    # Every verdict is computed; the ZeRO numbers come from the paper's formula and say so.
+    zero = next(c for c in res.claims if c.claim.startswith("ZeRO-1 saves"))
+    assert zero.verdict == "reproduced from the formula"
+    fp16_claim = next(c for c in res.claims if c.claim.startswith("FP16's smallest positive"))
+    under = d["precision"]["underflow"]
+    assert fp16_claim.verdict == underflow_verdict(
+        get_format("fp16").min_subnormal,
+        under["params"][0]["flushed_to_zero"] + under["activations"][0]["flushed_to_zero"],
+        under["params"][4]["flushed_to_zero"] + under["activations"][4]["flushed_to_zero"])
+    # The precision explanation follows the matmul speeds measured in this run.
+    speeds = d["precision"]["matmul_speeds"]
+    assert set(speeds["speedup"]) == {"bf16", "fp16"} and all(v > 0 for s in speeds["speedup"].values()
+                                                               for v in s.values())
+    speed_claim = next(c for c in res.claims if c.claim.startswith("Mixed precision trains"))
+    assert speed_claim.why == d["precision"]["why"] and "matmul runs" in speed_claim.why
 
     report = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "Lab 1.4" in report and "loss_scale_trace.png" in report and "not measurable here" in report
@@ -94,4 +114,48 @@ def test_optimized_config_trains_with_pretrain(tmp_path: Path) -> None:
                       overrides=["train.max_steps=2", "model.dim=32", "model.n_layers=2", "data.seq_len=32",
                                  "train.device=cpu", "train.eval_batches=1"])
     summary = run_pretrain(cfg, tmp_path / "run", quiet=True)
-    assert summary["steps"] == 2 and summary["final_val_loss"] == summary["final_val_loss"]  # finite, not NaN
+    assert summary["steps"] == 2
+    # Finite (inf and NaN fail), and what two steps from random weights give: near ln(vocabulary).
+    vocab = summary["data"]["vocab_size"]
+    for key in ("final_val_loss", "final_train_loss"):
+        assert math.isfinite(summary[key]), (key, summary[key])
+        assert 0.5 * math.log(vocab) < summary[key] < 1.5 * math.log(vocab), (key, summary[key], vocab)
+
+
+def _speeds(bf16: tuple[float, float], fp16: tuple[float, float], sizes: tuple[int, int] = (64, 1024)) -> dict:
+    return {"sizes": list(sizes), "speedup": {"bf16": dict(zip(sizes, bf16, strict=True)),
+                                              "fp16": dict(zip(sizes, fp16, strict=True))}}
+
+
+def test_why_hardware_follows_the_measured_speeds() -> None:
+    env = detect_env()
+    # A CPU with fast large bf16 matmuls but slow small ones, and no fast fp16: small models are the reason.
+    text = why_hardware(env, _speeds(bf16=(0.25, 7.5), fp16=(0.1, 0.05)), width=64)
+    assert "a 1024² bf16 matmul runs 7.5x faster than fp32, a 64² one 4.0x slower" in text
+    assert "a 1024² fp16 matmul runs 20.0x slower than fp32" in text
+    assert "bf16 is faster only on large matrices, so the lab's small models, not the hardware" in text
+    assert "fp16 is slower at every size measured" in text
+    assert "emulated" not in text
+    # The other way round: 16-bit faster at the lab's size; nothing blames the hardware or the model size.
+    text = why_hardware(env, _speeds(bf16=(1.6, 7.5), fp16=(1.3, 6.0)), width=64)
+    assert "where bf16 and fp16 are faster than fp32" in text
+    assert "slower" not in text and "not the hardware" not in text
+    # The width decides which measured size the lab resembles (keys may be strings after JSON).
+    wide = {"sizes": [64, 1024], "speedup": {"bf16": {"64": 0.25, "1024": 7.5}, "fp16": {"64": 0.25, "1024": 7.5}}}
+    assert "where bf16 and fp16 are faster than fp32" in why_hardware(env, wide, width=768)
+    # fp16 and bf16 each have their own native-support fact.
+    assert "native bf16" in text and "native fp16" in text
+
+
+def test_env_reports_fp16_facts_of_its_own() -> None:
+    env = detect_env()
+    assert isinstance(env.fp16_native, bool)
+    if env.device == "cpu":
+        assert {"mkldnn_bf16", "mkldnn_fp16", "amx_fp16", "avx512_fp16"} <= set(env.precision_facts)
+
+
+@pytest.mark.parametrize(("smallest", "unscaled", "scaled", "verdict"), [
+    (6.1e-5, 0.02, 0.0, "consistent"), (6e-8, 0.02, 0.0, "partly"), (6.1e-5, 0.0, 0.0, "partly"),
+    (6e-8, 0.02, 0.02, "not reproduced"), (6e-8, 0.0, 0.0, "not reproduced")])
+def test_fp16_underflow_verdict_is_computed(smallest: float, unscaled: float, scaled: float, verdict: str) -> None:
+    assert underflow_verdict(smallest, unscaled, scaled) == verdict

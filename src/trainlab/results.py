@@ -14,7 +14,9 @@ from pydantic import BaseModel, Field
 
 import trainlab
 
-Verdict = Literal["consistent", "not reproduced", "partly", "not measurable here", "n/a"]
+Verdict = Literal["consistent", "not reproduced", "partly", "reproduced from the formula", "not measurable here", "n/a"]
+#: "reproduced from the formula": the number comes from the source's own formula (no run measured it), so
+#: agreement is by construction and says nothing about the hardware.
 
 
 class Table(BaseModel):

@@ -13,6 +13,14 @@ from typing import Any
 from trainlab.results import LabResult, SuiteResult
 from trainlab.utils import atomic_write
 
+#: Verdicts that need a word of explanation under a claims table.
+VERDICT_NOTES = {
+    "reproduced from the formula": "reproduced from the formula: the value is computed from the source's own "
+                                   "formula, not measured by a run here, so it agrees by construction.",
+    "not measurable here": "not measurable here: this hardware cannot run the measurement (the why column says "
+                           "what it needs).",
+}
+
 
 def load_suite(path: str | Path) -> SuiteResult:
     return SuiteResult.model_validate_json(Path(path).read_text(encoding="utf-8"))
@@ -61,6 +69,8 @@ def _lab_markdown(lab: LabResult) -> list[str]:
             out.append(f"| {md_cell(c.claim)} | {md_cell(c.source)} | {md_cell(c.measured)} | "
                        f"{md_cell(c.verdict)} | {md_cell(c.why)} |")
         out.append("")
+        notes = [VERDICT_NOTES[v] for v in dict.fromkeys(c.verdict for c in lab.claims) if v in VERDICT_NOTES]
+        out += [f"_{n}_" for n in notes] + ([""] if notes else [])
     for t in lab.tables:
         out += [f"**{t.title}**", ""]
         out.append("| " + " | ".join(t.columns) + " |")
@@ -98,6 +108,7 @@ th{background:#f3f3f3}
 .meta{color:#666;font-size:.9em}
 .status-failed,.status-skipped{color:#a00;font-weight:bold}
 .v-consistent{color:#070}.v-not-reproduced{color:#a00}.v-partly{color:#a60}
+.v-reproduced-from-the-formula{color:#258;font-style:italic}.v-not-measurable-here{color:#777}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #ddd}
 figcaption{color:#555;font-size:.9em}
 """
