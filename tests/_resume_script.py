@@ -1,6 +1,6 @@
 """A training run for the kill-and-resume test: ``python _resume_script.py OUT MAX SAVE_EVERY KILL_AT``.
 
-Always calls ``fit(resume=True)``, so the same code starts the run or continues it (the test
+Always calls ``fit(resume="or_start")``, so the same code starts the run or continues it (the test
 runs the killed run in a forked child process, the reference and the resume in-process). With
 ``KILL_AT > 0`` the process SIGKILLs itself at the end of that step, before the step's
 checkpoint could be written — as a crash or an OOM-killer would.
@@ -52,7 +52,7 @@ def sampling_eval(model: nn.Module) -> dict[str, float]:
 
 
 def run_training(out_dir: Path, max_steps: int, save_every: int, kill_at: int = 0) -> TrainResult:
-    """Build the same run from scratch every time and ``fit(resume=True)`` it."""
+    """Build the same run from scratch every time and ``fit(resume="or_start")`` it."""
     torch.manual_seed(123)
     model = tiny_decoder(seed=1)
     cfg = train_config(max_steps=max_steps, save_every=save_every, batch_size=3, grad_accum=2,
@@ -60,7 +60,7 @@ def run_training(out_dir: Path, max_steps: int, save_every: int, kill_at: int = 
     batcher = StepBatcher(variable_examples(17, seed=2), 3, 2, pad_collate, seed=cfg.seed)
     callbacks = [KillAt(kill_at)] if kill_at > 0 else []
     return Trainer(model, NoisyObjective(), batcher, cfg, out_dir, eval_fn=sampling_eval, callbacks=callbacks,
-                   quiet=True).fit(resume=True)
+                   quiet=True).fit(resume="or_start")
 
 
 if __name__ == "__main__":

@@ -93,6 +93,7 @@ def fixed_examples(n: int, seq_len: int = 16, *, seed: int = 0, vocab: int = VOC
 def train_config(**overrides: object) -> TrainConfig:
     """A fast CPU config: no warm-up surprises, quiet logging cadence."""
     base: dict[str, object] = dict(max_steps=6, batch_size=4, grad_accum=1, lr=1e-2, warmup_steps=2,
-                                   eval_every=0, save_every=0, log_every=1, device="cpu", seed=0)
+                                   eval_every=0, save_every=0, save_every_minutes=0, log_every=1, device="cpu",
+                                   seed=0)
     base.update(overrides)
     return TrainConfig(**base)  # type: ignore[arg-type]

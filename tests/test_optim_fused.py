@@ -72,7 +72,8 @@ def _run(out, *, stop_at: int = 0) -> TrainResult:
     cfg = train_config(max_steps=6, save_every=2, batch_size=2, grad_accum=2, seed=4)
     batcher = StepBatcher(fixed_examples(11, seed=5), 2, 2, pad_collate, seed=cfg.seed)
     callbacks = [StopAt(stop_at)] if stop_at else []
-    return Trainer(model, CausalLMObjective(), batcher, cfg, out, quiet=True, callbacks=callbacks).fit(resume=True)
+    trainer = Trainer(model, CausalLMObjective(), batcher, cfg, out, quiet=True, callbacks=callbacks)
+    return trainer.fit(resume="or_start")  # starts, or continues from the checkpoint in out
 
 
 def test_resume_is_bit_exact_with_the_default_fused_optimizer(tmp_path) -> None:

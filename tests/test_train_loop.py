@@ -236,13 +236,32 @@ def test_tensorboard_gets_scalars_and_purges_on_resume(tmp_path, monkeypatch) ->
         return writers[-1]
 
     monkeypatch.setattr(metrics_mod, "_tensorboard_writer", fake)
-    result = _trainer(tmp_path, max_steps=3, save_every=2, eval_fn=lambda m: {"v": 1.0}).fit()
+    monkeypatch.setattr(metrics_mod, "tensorboard_available", lambda: True)
+    result = _trainer(tmp_path, max_steps=3, save_every=2, eval_fn=lambda m: {"v": 1.0},
+                      report_to="tensorboard").fit()
     assert result.tensorboard_dir == tmp_path / "tb"
     tags = {t for t, _, _ in writers[0].scalars}
     assert {"train/loss", "train/lr", "train/tokens_per_s", "eval/v"} <= tags
     assert writers[0].purge_step is None
-    _trainer(tmp_path, max_steps=5).fit(resume=True)
+    _trainer(tmp_path, max_steps=5, report_to="tensorboard").fit(resume=True)
     assert writers[1].purge_step == 4  # events after the checkpoint (step 3) are dropped
+
+
+def test_report_to(tmp_path, monkeypatch) -> None:
+    import trainlab.train.metrics as metrics_mod
+
+    opened: list[object] = []
+    monkeypatch.setattr(metrics_mod, "_tensorboard_writer", lambda *a: opened.append(a) or FakeWriter(None))
+    # jsonl (the default) and none: metrics.jsonl only, the run's own log (as TRL's trainer_state.json)
+    for report_to in ("jsonl", "none"):
+        result = _trainer(tmp_path / report_to, max_steps=2, report_to=report_to).fit()
+        assert result.tensorboard_dir is None and not (tmp_path / report_to / "tb").exists()
+        assert [r["step"] for r in read_metrics(result.metrics_path)] == [1, 2]
+    assert opened == []
+    # asked for and not installed: one clear line before any work
+    monkeypatch.setattr(metrics_mod, "tensorboard_available", lambda: False)
+    with pytest.raises(UserError, match="report_to=tensorboard needs the tensorboard package"):
+        _trainer(tmp_path / "tb", max_steps=2, report_to="tensorboard")
 
 
 def test_console_lines_when_not_quiet(tmp_path, capsys) -> None:

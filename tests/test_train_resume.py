@@ -13,7 +13,9 @@ import torch
 from _resume_script import run_training
 from _tiny import fixed_examples, tiny_decoder, train_config
 
-from trainlab.train import CausalLMObjective, StepBatcher, Trainer, read_metrics
+from trainlab.config import TrainConfig
+from trainlab.errors import TrainingInterrupted, UserError
+from trainlab.train import Callback, CausalLMObjective, StepBatcher, Trainer, read_metrics
 from trainlab.train.checkpoint import (
     CheckpointManager,
     load_checkpoint,
@@ -81,12 +83,109 @@ def test_resume_in_process_and_changed_config_applies(tmp_path) -> None:
     assert all(g["initial_lr"] == 1e-3 for g in trainer.optimizer.param_groups)
 
 
-def test_resume_without_checkpoint_starts_fresh(tmp_path) -> None:
+def test_resume_without_checkpoint_is_an_error_unless_or_start(tmp_path) -> None:
     cfg = train_config(max_steps=2)
-    result = Trainer(tiny_decoder(), CausalLMObjective(), StepBatcher(fixed_examples(8), 4, 1, None, 0), cfg,
-                     tmp_path, quiet=True).fit(resume=True)
+
+    def trainer() -> Trainer:
+        return Trainer(tiny_decoder(), CausalLMObjective(), StepBatcher(fixed_examples(8), 4, 1, None, 0), cfg,
+                       tmp_path / "run", quiet=True)
+
+    with pytest.raises(UserError, match=r"no checkpoint in .*--resume-or-start"):
+        trainer().fit(resume=True)
+    assert not (tmp_path / "run").exists()  # nothing written
+    result = trainer().fit(resume="or_start")
     assert result.resumed_from is None and result.steps == 2
-    assert result.checkpoint_path == tmp_path / "checkpoint.pt" and result.checkpoint_path.is_file()
+    assert result.checkpoint_path == tmp_path / "run" / "checkpoint.pt" and result.checkpoint_path.is_file()
+
+
+def test_resume_refuses_another_model_or_data_unless_forced(tmp_path) -> None:
+    data = fixed_examples(8)
+
+    def trainer(identity: dict, max_steps: int = 2) -> Trainer:
+        return Trainer(tiny_decoder(), CausalLMObjective(), StepBatcher(data, 4, 1, None, 0),
+                       train_config(max_steps=max_steps), tmp_path, quiet=True, identity=identity)
+
+    trainer({"model": "m1", "data": "d1"}).fit()
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["identity"] == {"model": "m1", "data": "d1"}
+    with pytest.raises(UserError, match=r"on other data \(data d1 != d2\).*--force"):
+        trainer({"model": "m1", "data": "d2"}, 3).fit(resume=True)
+    with pytest.raises(UserError, match="from another model"):
+        trainer({"model": "m2", "data": "d1"}, 3).fit(resume=True)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2  # refused before anything changed
+    result = trainer({"model": "m1", "data": "d2"}, 3).fit(resume=True, force=True)
+    assert result.resumed_from == 2 and result.steps == 3
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["identity"]["data"] == "d2"
+    result = trainer({"model": "m1", "data": "d2"}, 4).fit(resume=True)  # the same run again: no question
+    assert result.resumed_from == 3
+
+
+def test_forced_resume_into_another_shape_is_a_user_error(tmp_path) -> None:
+    data = fixed_examples(8)
+    cfg = train_config(max_steps=2)
+    Trainer(tiny_decoder(), CausalLMObjective(), StepBatcher(data, 4, 1, None, 0), cfg, tmp_path, quiet=True).fit()
+    wider = Trainer(tiny_decoder(dim=48), CausalLMObjective(), StepBatcher(data, 4, 1, None, 0),
+                    train_config(max_steps=3), tmp_path, quiet=True)
+    with pytest.raises(UserError, match="does not fit this run"):
+        wider.fit(resume=True, force=True)
+
+
+def test_periodic_checkpoints_by_steps_or_minutes(tmp_path) -> None:
+    class Saves(Callback):
+        def __init__(self) -> None:
+            self.steps: list[int] = []
+
+        def on_checkpoint(self, trainer, step, path):  # type: ignore[no-untyped-def]
+            self.steps.append(step)
+
+    def run(name: str, **cfg: object) -> list[int]:
+        saves = Saves()
+        Trainer(tiny_decoder(), CausalLMObjective(), StepBatcher(fixed_examples(8), 4, 1, None, 0),
+                train_config(max_steps=7, **cfg), tmp_path / name, quiet=True, callbacks=[saves]).fit()
+        return saves.steps
+
+    assert run("steps", save_every=3) == [3, 6, 7]
+    assert run("end", save_every=0, save_every_minutes=0) == [7]
+    # a tiny time budget (0.06 ms): a checkpoint after every step although save_every is 0
+    assert run("minutes", save_every=0, save_every_minutes=1e-6) == [1, 2, 3, 4, 5, 6, 7]
+    # the default: every 5 minutes of training, so this short run saves only at its end
+    assert TrainConfig().save_every_minutes == 5
+    assert run("default", save_every=0, save_every_minutes=5) == [7]
+
+
+def test_release_checkpoint_unless_kept(tmp_path) -> None:
+    def trainer(name: str, **cfg: object) -> Trainer:
+        return Trainer(tiny_decoder(), CausalLMObjective(), StepBatcher(fixed_examples(8), 4, 1, None, 0),
+                       train_config(max_steps=2, **cfg), tmp_path / name, quiet=True)
+
+    t = trainer("default")
+    assert not t.release_checkpoint()  # before fit: nothing to release
+    t.fit()
+    assert (tmp_path / "default" / "checkpoint.pt").is_file()  # kept until the caller's output is safe
+    assert t.release_checkpoint() and not (tmp_path / "default" / "checkpoint.pt").exists()
+    t = trainer("kept", keep_checkpoint=True)
+    t.fit()
+    assert not t.release_checkpoint() and (tmp_path / "kept" / "checkpoint.pt").is_file()
+
+
+def test_epochs_set_the_number_of_steps(tmp_path) -> None:
+    seen: list[int] = []
+
+    class Count(Callback):
+        def on_step_end(self, trainer, step, metrics):  # type: ignore[no-untyped-def]
+            seen.append(trainer.batcher.epoch)
+
+    data = fixed_examples(20)
+    cfg = train_config(max_steps=1000, epochs=1.5, batch_size=3, grad_accum=2)
+    trainer = Trainer(tiny_decoder(), CausalLMObjective(), StepBatcher(data, 3, 2, None, 0), cfg, tmp_path,
+                      quiet=True, callbacks=[Count()])
+    # TRL: max_steps = ceil(num_train_epochs · steps per epoch); here 1.5 · 20 / 6 = 5
+    assert trainer.cfg.max_steps == 5 and trainer.epoch_info == {"epochs": 1.5, "max_steps": 5, "examples": 20,
+                                                                  "examples_per_step": 6}
+    assert trainer.fit().steps == 5
+    assert trainer.batcher.epoch == 1 and trainer.batcher.position == 10  # 30 examples: one epoch and a half
+    one = Trainer(tiny_decoder(), CausalLMObjective(), StepBatcher(data, 4, 1, None, 0),
+                  train_config(epochs=1, batch_size=4), tmp_path / "one", quiet=True)
+    assert one.cfg.max_steps == 5
 
 
 # ---- checkpoint files -----------------------------------------------------------------------
@@ -135,18 +234,23 @@ def test_optimizer_state_loads_moments_but_keeps_current_hyperparameters() -> No
     assert torch.equal(opt2.state[model.weight]["exp_avg"], opt.state[model.weight]["exp_avg"])
 
 
-def test_interrupt_saves_and_returns(tmp_path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_saves_and_raises(tmp_path, sig: signal.Signals) -> None:
     from trainlab.train import Callback
 
-    class SigintAt(Callback):
+    class SignalAt(Callback):
         def on_step_end(self, trainer, step, metrics):  # type: ignore[no-untyped-def]
             if step == 2:
-                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), sig)
 
     cfg = train_config(max_steps=10)
-    handler_before = signal.getsignal(signal.SIGINT)
-    result = Trainer(tiny_decoder(), CausalLMObjective(), StepBatcher(fixed_examples(8), 4, 1, None, 0), cfg,
-                     tmp_path, callbacks=[SigintAt()], quiet=True).fit()
-    assert result.stopped_reason == "interrupted" and result.steps == 2
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    trainer = Trainer(tiny_decoder(), CausalLMObjective(), StepBatcher(fixed_examples(8), 4, 1, None, 0), cfg,
+                      tmp_path, callbacks=[SignalAt()], quiet=True)
+    with pytest.raises(TrainingInterrupted, match=f"interrupted \\({sig.name}\\) at step 2 of 10") as info:
+        trainer.fit()
+    assert info.value.checkpoint == tmp_path / "checkpoint.pt"
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
-    assert signal.getsignal(signal.SIGINT) is handler_before  # the trainer's handler is gone
+    assert not trainer.release_checkpoint() and (tmp_path / "checkpoint.pt").is_file()  # an interrupted run keeps it
+    assert {s: signal.getsignal(s) for s in before} == before  # the trainer's handlers are gone
+    assert not isinstance(info.value, Exception)  # `except Exception` in a caller does not swallow it

@@ -114,7 +114,18 @@ class TrainConfig(StrictModel):
     init_loss_scale: float = Field(2.0**16, gt=0)
     eval_every: int = Field(50, ge=0, description="0: only at the end")
     eval_batches: int = Field(8, gt=0)
-    save_every: int = Field(100, ge=0, description="0: only at the end")
+    epochs: float | None = Field(None, gt=0, description="train for this many passes over the training data "
+                                 "instead of max_steps (TRL's num_train_epochs): max_steps = ceil(epochs · examples "
+                                 "/ (batch_size · grad_accum))")
+    save_every: int = Field(100, ge=0, description="checkpoint every this many steps; 0: by time only")
+    save_every_minutes: float = Field(5.0, ge=0, description="also checkpoint when this many minutes passed since "
+                                      "the last one (whichever comes first); 0: by steps only")
+    keep_checkpoint: bool = Field(False, description="keep the last checkpoint after a successful run (an "
+                                  "interrupted or diverged run always keeps it)")
+    report_to: Literal["jsonl", "tensorboard", "none"] = Field(
+        "jsonl", description="where metrics go besides the console: metrics.jsonl is always written (the run's "
+        "own log, like TRL's trainer_state.json); tensorboard also writes tb/ (needs the tensorboard package); "
+        "none: no integration")
     log_every: int = Field(10, gt=0)
     seed: int = 0
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")

@@ -33,3 +33,22 @@ class UserError(Exception):
 
 class TrainingDiverged(RuntimeError):
     """A non-finite loss that loss scaling cannot explain. Raised after the last good state is saved."""
+
+
+class TrainingInterrupted(BaseException):
+    """Training stopped on SIGINT (Ctrl-C) or SIGTERM after its checkpoint was saved (exit 130 in the CLI).
+
+    ``step``: the last completed step; ``checkpoint``: where the state is, to continue with ``--resume``.
+    A `BaseException`, like `KeyboardInterrupt`: a caller's ``except Exception`` (a lab runner that
+    records a failed lab and goes on) must not swallow the user's request to stop.
+    """
+
+    exit_code = 130
+
+    def __init__(self, step: int, max_steps: int, checkpoint: Path | None, signal_name: str = "SIGINT") -> None:
+        where = f"; checkpoint saved in {checkpoint} (continue with --resume)" if checkpoint is not None else ""
+        super().__init__(f"interrupted ({signal_name}) at step {step} of {max_steps}{where}")
+        self.step = step
+        self.max_steps = max_steps
+        self.checkpoint = checkpoint
+        self.signal_name = signal_name

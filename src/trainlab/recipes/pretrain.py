@@ -4,8 +4,12 @@
 user's text), evaluating validation loss as it goes, and leaves in ``out_dir``:
 
 - ``model/``: the trained model in the Hugging Face Llama format, with its tokenizer;
-- ``metrics.jsonl``, ``config.json`` and the resumable checkpoint written by the trainer;
+- ``metrics.jsonl`` and ``config.json`` written by the trainer (its resumable checkpoint is removed
+  once the model is saved, unless ``train.keep_checkpoint``);
 - ``summary.json``: what the run measured (final losses, unigram entropy, tokens/s, ...).
+
+A checkpoint belongs to its run: its identity is the model shape and the tokenized training data,
+and resuming with another shape or other data is refused unless ``force``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from trainlab.data.datasets import collate_padded
 from trainlab.data.embedded import PretrainingData, build_pretraining_data
 from trainlab.evaluation import validation_loss
 from trainlab.model.decoder import Decoder
+from trainlab.train.checkpoint import ResumeMode, check_run_dirs, fingerprint_json, fingerprint_tensor
 from trainlab.train.data import StepBatcher
 from trainlab.train.loop import Trainer, TrainResult
 from trainlab.train.objectives import CausalLMObjective
@@ -52,8 +57,10 @@ def pretraining_trainer(cfg: RunConfig, out_dir: str | Path, data: PretrainingDa
                           partial(collate_padded, pad_id=pad_id), cfg.train.seed)
     eval_fn = partial(_eval, data=data, cfg=cfg)
     run_config = dump_config(cfg) | {"model": model.config.model_dump(mode="json"), "data_info": data.info}
+    identity = {"model": fingerprint_json(model.config.model_dump(mode="json")),
+                "data": fingerprint_tensor(data.train.windows)}
     trainer = Trainer(model, CausalLMObjective(), batcher, cfg.train, out_dir, eval_fn=eval_fn,
-                      run_config=run_config, quiet=quiet, callbacks=callbacks)
+                      run_config=run_config, quiet=quiet, callbacks=callbacks, identity=identity)
     return trainer, data
 
 
@@ -68,6 +75,7 @@ def summarize(result: TrainResult, data: PretrainingData, model: Decoder, model_
     return {
         "model_dir": str(model_dir),
         "steps": result.steps,
+        "resumed_from": result.resumed_from,
         "tokens": result.tokens,
         "final_train_loss": result.final_loss,
         "final_val_loss": evals[-1]["val_loss"] if evals else float("nan"),
@@ -84,14 +92,21 @@ def summarize(result: TrainResult, data: PretrainingData, model: Decoder, model_
     }
 
 
-def run_pretrain(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, quiet: bool = False,
-                 data: PretrainingData | None = None) -> dict[str, Any]:
-    """Train, save ``out_dir/model`` (HF format + tokenizer) and ``out_dir/summary.json``."""
+def run_pretrain(cfg: RunConfig, out_dir: str | Path, *, resume: ResumeMode = False, quiet: bool = False,
+                 data: PretrainingData | None = None, force: bool = False) -> dict[str, Any]:
+    """Train, save ``out_dir/model`` (HF format + tokenizer) and ``out_dir/summary.json``.
+
+    ``resume``: True (a checkpoint must exist), ``"or_start"`` or False, as `Trainer.fit`.
+    """
     out = Path(out_dir)
+    check_run_dirs(out, resume)  # before the data is built
     trainer, data = pretraining_trainer(cfg, out, data, quiet=quiet)
-    result = trainer.fit(resume=resume)
+    result = trainer.fit(resume=resume, force=force)
     model: Decoder = trainer.model  # type: ignore[assignment]
     model_dir = model.save_pretrained(out / "model", tokenizer=data.tokenizer)
     summary = summarize(result, data, model, Path(model_dir))
+    if trainer.epoch_info is not None:
+        summary["epochs"] = trainer.epoch_info
     write_json(out / "summary.json", summary)
+    trainer.release_checkpoint()
     return summary

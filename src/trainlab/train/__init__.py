@@ -7,7 +7,9 @@ Typical use (pretraining)::
     batcher = StepBatcher.from_config(train_dataset, cfg.train)
     trainer = Trainer(model, CausalLMObjective(), batcher, cfg.train, out_dir,
                       eval_fn=my_eval, run_config=dump_config(cfg))
-    result = trainer.fit(resume=True)
+    result = trainer.fit(resume="or_start")  # continue if out_dir has a checkpoint, else start
+    ...                                          # save the model, then:
+    trainer.release_checkpoint()                 # unless cfg.keep_checkpoint
 """
 
 from trainlab.train.amp import LossScaler, NoLossScaler, TorchLossScaler, autocast_context, build_loss_scaler

@@ -13,19 +13,27 @@ copy of model + optimizer state (≈ 3× the fp32 weights for AdamW).
 The file is a plain dict of tensors and Python scalars/containers (no pickled objects; numpy's
 RNG state is converted), so it loads with ``torch.load(weights_only=True)``: loading a checkpoint
 never executes code from it.
+
+Guards that keep a user from losing or mixing up work (`check_run_dirs`, `identity_mismatches`):
+``--resume`` needs a checkpoint (``--resume-or-start`` does not), a checkpoint resumes only the run
+it came from (the recipe's ``identity``: fingerprints of the input model and the training data),
+and ``--out`` may not contain the input model it would overwrite.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from trainlab.errors import UserError
 from trainlab.utils import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -149,3 +157,81 @@ class CheckpointManager:
     def load(self, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
         latest = self.latest()
         return None if latest is None else load_checkpoint(latest, map_location)
+
+    def remove(self) -> bool:
+        """Delete ``checkpoint.pt`` (snapshots stay); True if there was one."""
+        if self.path.is_file():
+            self.path.unlink()
+            return True
+        return False
+
+
+# ------------------------------------------------------------------------------------------
+# Guards: resume only what exists and matches; never write over the input
+# ------------------------------------------------------------------------------------------
+
+ResumeMode = bool | Literal["or_start"]
+
+
+def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    """``step``, ``identity`` and ``config`` of a checkpoint without reading its tensors (mmap)."""
+    state = torch.load(Path(path), map_location="cpu", weights_only=True, mmap=True)
+    return {"step": state.get("step"), "identity": state.get("identity") or {}, "config": state.get("config")}
+
+
+def check_run_dirs(out_dir: str | Path, resume: ResumeMode = False, inputs: dict[str, str | Path | None] | None = None
+                   ) -> None:
+    """Before any work: ``--resume`` needs ``out_dir/checkpoint.pt``; ``out_dir`` must not be or contain an input.
+
+    ``inputs`` maps an option name (``"--model"``) to the folder it reads. Raises `UserError`.
+    """
+    out = Path(out_dir).expanduser().resolve()
+    for option, path in (inputs or {}).items():
+        if path is None:
+            continue
+        src = Path(path).expanduser().resolve()
+        if src == out or src.is_relative_to(out):
+            raise UserError(f"--out {out_dir} {'is' if src == out else 'contains'} the {option} folder {path}: "
+                            "training would write over its input; choose another --out")
+    if resume is True and not (out / CHECKPOINT_NAME).is_file():
+        raise UserError(f"--resume: no checkpoint in {out_dir} ({CHECKPOINT_NAME}); run without --resume to start, "
+                        "or with --resume-or-start to continue if there is one")
+
+
+def identity_mismatches(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The keys both identities have whose values differ."""
+    return sorted(k for k in current if k in saved and saved[k] != current[k])
+
+
+def fingerprint_tensor(t: torch.Tensor) -> str:
+    """A short hash of a tensor's dtype, shape and bytes (e.g. a tokenized training set)."""
+    h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()[:16]
+
+
+def fingerprint_json(obj: Any) -> str:
+    """A short hash of a JSON-serialisable value (keys sorted)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def folder_fingerprint(path: str | Path, sample_bytes: int = 1 << 20) -> str:
+    """A cheap identity of a model folder: its JSON files in full, and for each weight file its name,
+    size and first and last ``sample_bytes`` (a changed checkpoint changes its header or its tail;
+    hashing gigabytes of weights to resume a run would not be cheap)."""
+    h = hashlib.sha256()
+    root = Path(path)
+    files = sorted(f for f in root.iterdir() if f.is_file()) if root.is_dir() else [root]
+    for f in files:
+        if f.suffix == ".json":
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+        elif f.suffix in (".safetensors", ".bin", ".pt", ".pth"):
+            size = f.stat().st_size
+            h.update(f"{f.name}:{size}".encode())
+            with f.open("rb") as fh:
+                h.update(fh.read(sample_bytes))
+                if size > 2 * sample_bytes:
+                    fh.seek(size - sample_bytes)
+                    h.update(fh.read(sample_bytes))
+    return h.hexdigest()[:16]

@@ -14,11 +14,22 @@ One optimizer step ``s`` (1-based) is::
 Dividing by the step's total count ``N`` (not by ``grad_accum``) makes K micro-batches give the
 gradient of one batch of the same examples, whatever the padding (see `objectives`).
 
-Around it: logging (``metrics.jsonl``, TensorBoard if installed, a progress bar), evaluation
-every ``eval_every`` steps, an atomic checkpoint every ``save_every`` steps and at the end, exact
-resume (model, optimizer, schedule, loss scale, data position, every RNG), and divergence
-handling: a non-finite loss or gradient in fp32/bf16 — or more than ``max_skipped_steps``
-consecutive fp16 overflows — saves the last good state and raises `TrainingDiverged`.
+The step itself is `trainlab.train.step.optimizer_step`. Around it: logging (``metrics.jsonl``;
+TensorBoard with ``report_to: tensorboard``; a progress bar), evaluation every ``eval_every``
+steps, exact resume (model, optimizer, schedule, loss scale, data position, every RNG), and:
+
+* Nothing lost: an atomic checkpoint every ``save_every`` steps or ``save_every_minutes`` minutes,
+  whichever comes first, and at the end. SIGINT (Ctrl-C) or SIGTERM finishes the current step,
+  saves and raises `TrainingInterrupted` (exit 130); a second one aborts at once. ``fit(resume=True)``
+  refuses to start when there is no checkpoint, and refuses a checkpoint of another run (its
+  ``identity``: input model and data fingerprints) unless ``force``. After a successful run the
+  caller, once its output is safe, calls `Trainer.release_checkpoint` (removed unless
+  ``keep_checkpoint``).
+* Divergence: a non-finite loss or gradient in fp32/bf16 — or more than ``max_skipped_steps``
+  consecutive fp16 overflows — saves the last good state and raises `TrainingDiverged`.
+* ``epochs`` instead of ``max_steps``: ``max_steps = ceil(epochs · examples / (batch_size ·
+  grad_accum))``, as TRL derives it from ``num_train_epochs`` (our batcher drops no example at an
+  epoch boundary, so an epoch is exactly ``examples / examples_per_step`` steps).
 """
 
 from __future__ import annotations
@@ -32,25 +43,46 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from trainlab.config import Precision, TrainConfig, dump_config
-from trainlab.errors import TrainingDiverged
+from trainlab.config import TrainConfig, dump_config
+from trainlab.errors import TrainingDiverged, TrainingInterrupted, UserError
 from trainlab.optim import build_optimizer, build_scheduler
+from trainlab.train import metrics as train_metrics
 from trainlab.train.amp import LossScaler, autocast_context, build_loss_scaler
 from trainlab.train.callbacks import Callback
-from trainlab.train.checkpoint import CheckpointManager, load_optimizer_state, rng_state, set_rng_state
+from trainlab.train.checkpoint import (
+    CheckpointManager,
+    ResumeMode,
+    identity_mismatches,
+    load_optimizer_state,
+    rng_state,
+    set_rng_state,
+)
 from trainlab.train.data import StepSource
 from trainlab.train.device import resolve_device
 from trainlab.train.metrics import MetricsLogger
-from trainlab.train.objectives import Batch, Objective
+from trainlab.train.objectives import Objective
+from trainlab.train.step import (  # re-exported: the step's pieces lived here first
+    StepHooks,
+    StepOutcome,
+    StepStats,
+    accumulate_gradients,
+    count_tokens,
+    grad_norm_,
+    optimizer_step,
+    to_device,
+)
 from trainlab.utils import seed_everything, write_json
+
+__all__ = ["EvalFn", "Scheduler", "StepHooks", "StepOutcome", "StepStats", "TrainResult", "Trainer",
+           "accumulate_gradients", "count_tokens", "grad_norm_", "isolated_rng", "optimizer_step", "to_device"]
 
 log = logging.getLogger("trainlab.train")
 
@@ -87,147 +119,6 @@ class TrainResult:
     metrics_path: Path
     tensorboard_dir: Path | None = None
     resumed_from: int | None = None  # the checkpoint step this call resumed from
-
-
-@dataclass
-class StepStats:
-    """Gradient accumulation over one step's micro-batches (before the optimizer update)."""
-
-    loss_sum: Tensor  # fp32 scalar, detached: Σ loss_sum over micro-batches
-    count: float
-    tokens: int
-    metrics: dict[str, float] = field(default_factory=dict)  # count-weighted means
-
-
-# ------------------------------------------------------------------------------------------
-# Pieces usable on their own (and in tests)
-# ------------------------------------------------------------------------------------------
-
-def to_device(batch: Batch, device: torch.device) -> Batch:
-    return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
-
-
-def count_tokens(batch: Batch) -> int:
-    """Input tokens in ``batch``: Σ attention masks if present (any ``*attention_mask`` key, so
-    preference batches count both sides), else the size of the ``*input_ids`` tensors."""
-    masks = [v for k, v in batch.items() if k.endswith("attention_mask") and isinstance(v, Tensor)]
-    if masks:
-        return int(sum(int(m.sum().item()) for m in masks))
-    return int(sum(v.numel() for k, v in batch.items() if k.endswith("input_ids") and isinstance(v, Tensor)))
-
-
-class StepHooks:
-    """Observe one optimizer step from outside: ``phase(name, index)`` wraps each phase.
-
-    Phases, in order: ``("forward", i)`` and ``("backward", i)`` for every micro-batch ``i``, then
-    ``("optimizer", 0)`` (unscale, clip, update). Measurements (memory meters, the profiler's
-    ``record_function``, saved-tensor hooks) subclass this instead of re-writing the step.
-    ``forward_output(i, out)`` sees each micro-batch's `ObjectiveOutput` before it is released.
-    """
-
-    def phase(self, name: str, index: int) -> contextlib.AbstractContextManager[Any]:
-        del name, index
-        return contextlib.nullcontext()
-
-    def forward_output(self, index: int, out: Any) -> None:
-        del index, out
-
-
-_NO_HOOKS = StepHooks()
-
-
-def accumulate_gradients(model: nn.Module, objective: Objective, micro_batches: Sequence[Batch], *,
-                         device: torch.device, precision: Precision = "fp32",
-                         scaler: LossScaler | None = None, hooks: StepHooks | None = None) -> StepStats:
-    """Forward + backward of every micro-batch, each scaled by ``1 / N`` (``N``: the step's count).
-
-    Gradients accumulate into ``.grad`` (call ``zero_grad`` before). With ``N = 0`` (nothing
-    supervised in the whole step) nothing is run and the returned count is 0.
-    """
-    hooks = hooks or _NO_HOOKS
-    total = sum(objective.count(mb) for mb in micro_batches)
-    tokens = sum(count_tokens(mb) for mb in micro_batches)
-    loss_sum = torch.zeros((), device=device, dtype=torch.float32)
-    if total == 0:
-        return StepStats(loss_sum=loss_sum, count=0, tokens=tokens)
-    metric_sums: dict[str, float] = {}
-    metric_weights: dict[str, float] = {}
-    for i, mb in enumerate(micro_batches):
-        mb = to_device(mb, device)
-        with hooks.phase("forward", i):
-            with autocast_context(device, precision):
-                out = objective(model, mb)
-            loss = out.loss_sum / total
-        hooks.forward_output(i, out)
-        loss_sum += out.loss_sum.detach().float()
-        for k, v in out.metrics.items():
-            metric_sums[k] = metric_sums.get(k, 0.0) + float(v) * float(out.count)
-            metric_weights[k] = metric_weights.get(k, 0.0) + float(out.count)
-        del out
-        with hooks.phase("backward", i):
-            (scaler.scale(loss) if scaler is not None else loss).backward()
-            del loss
-    metrics = {k: metric_sums[k] / metric_weights[k] for k in metric_sums if metric_weights[k] > 0}
-    return StepStats(loss_sum=loss_sum, count=total, tokens=tokens, metrics=metrics)
-
-
-@dataclass
-class StepOutcome:
-    """What one optimizer step did: its accumulated stats, loss, gradient norm, whether it updated."""
-
-    stats: StepStats
-    loss: float  # loss_sum / count of the step (nan when nothing was supervised)
-    grad_norm: float  # global L2 norm before clipping (unscaled)
-    stepped: bool  # the update was applied (False: fp16 overflow, empty step, or non-finite)
-    finite: bool  # loss and gradient norm finite (always True for fp16, whose overflow the scaler handles)
-
-
-def optimizer_step(model: nn.Module, objective: Objective, micro_batches: Sequence[Batch],
-                   optimizer: torch.optim.Optimizer, scaler: LossScaler, *, device: torch.device,
-                   precision: Precision = "fp32", grad_clip: float = 0.0,
-                   params: Sequence[nn.Parameter] | None = None, hooks: StepHooks | None = None) -> StepOutcome:
-    """THE optimizer step (see the module docstring): accumulate, unscale, clip, update, zero grads.
-
-    Every training run and every measurement of a training step calls this function; what a
-    measurement needs to see it gets through ``hooks``. In fp32/bf16 a non-finite loss or gradient
-    norm skips the update and returns ``finite=False`` (the `Trainer` turns that into
-    `TrainingDiverged`); in fp16 the loss scaler skips overflowing steps itself.
-    """
-    hooks = hooks or _NO_HOOKS
-    stats = accumulate_gradients(model, objective, micro_batches, device=device, precision=precision,
-                                 scaler=scaler, hooks=hooks)
-    if stats.count == 0:
-        optimizer.zero_grad(set_to_none=True)
-        return StepOutcome(stats, math.nan, 0.0, stepped=False, finite=True)
-    if params is None:
-        params = [p for g in optimizer.param_groups for p in g["params"]]
-    with hooks.phase("optimizer", 0):
-        scaler.unscale_(optimizer)
-        norm = grad_norm_(params, grad_clip)
-        # One host sync per step, for both values; needed anyway to detect divergence.
-        pair = torch.stack([stats.loss_sum / stats.count, norm.float().to(stats.loss_sum.device)])
-        loss, gnorm = pair.tolist()
-        finite = precision == "fp16" or (math.isfinite(loss) and math.isfinite(gnorm))
-        stepped = False
-        if finite:
-            stepped = scaler.step(optimizer)
-            scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    return StepOutcome(stats, loss, gnorm, stepped=stepped, finite=finite)
-
-
-def grad_norm_(params: Sequence[nn.Parameter], max_norm: float) -> Tensor:
-    """Global L2 norm of the gradients (before clipping); clip to ``max_norm`` if it is > 0.
-
-    Clipping by global norm (Pascanu et al., "On the difficulty of training recurrent neural
-    networks", 2013) rescales all gradients by ``min(1, max_norm / ‖g‖)``, keeping the direction.
-    """
-    if max_norm > 0:
-        return torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
 
 
 @contextlib.contextmanager
@@ -291,6 +182,11 @@ class Trainer:
     override the defaults built from ``cfg`` (e.g. an optimizer over LoRA parameters only, or a
     custom loss scaler). ``keep_every`` > 0 keeps a snapshot every that many steps besides the
     latest checkpoint.
+
+    ``identity`` says which run a checkpoint belongs to, e.g. ``{"model": <fingerprint of the input
+    model>, "data": <fingerprint of the tokenized training set>}``: it is stored in every
+    checkpoint, and resuming from one whose identity differs is refused unless ``fit(force=True)``.
+    ``tensorboard=False`` turns TensorBoard off even when ``cfg.report_to`` asks for it.
     """
 
     def __init__(self, model: nn.Module, objective: Objective, batcher: StepSource, cfg: TrainConfig,
@@ -298,8 +194,13 @@ class Trainer:
                  run_config: dict[str, Any] | None = None,
                  callbacks: Sequence[Callback] | None = None, quiet: bool = False,
                  optimizer: torch.optim.Optimizer | None = None, scheduler: Scheduler | None = None,
-                 scaler: LossScaler | None = None, keep_every: int = 0, tensorboard: bool = True) -> None:
+                 scaler: LossScaler | None = None, keep_every: int = 0, tensorboard: bool = True,
+                 identity: dict[str, Any] | None = None) -> None:
+        self.epoch_info: dict[str, Any] | None = None
+        if cfg.epochs is not None:
+            cfg, self.epoch_info = self._steps_from_epochs(cfg, batcher)
         self.cfg = cfg
+        self.identity = dict(identity or {})
         self.device = resolve_device(cfg.device)
         autocast_context(self.device, cfg.precision)  # fail now, not at step 1, if unsupported
         self.model = model.to(self.device)
@@ -310,7 +211,10 @@ class Trainer:
         self.run_config = run_config
         self.callbacks = list(callbacks or [])
         self.quiet = quiet
-        self.tensorboard = tensorboard
+        self.tensorboard = tensorboard and cfg.report_to == "tensorboard"
+        if self.tensorboard and not train_metrics.tensorboard_available():
+            raise UserError("train.report_to=tensorboard needs the tensorboard package (pip install tensorboard); "
+                            "or report_to=jsonl (metrics.jsonl is always written)")
         self.optimizer = optimizer if optimizer is not None else build_optimizer(self.model, cfg)
         self.scheduler: Scheduler = (scheduler if scheduler is not None
                                      else build_scheduler(self.optimizer, cfg))
@@ -324,6 +228,19 @@ class Trainer:
                 log.warning("batcher.%s = %s but train.%s = %s; the batcher's value is used",
                             name, have, name, getattr(cfg, name))
         self._reset_counters()
+
+    @staticmethod
+    def _steps_from_epochs(cfg: TrainConfig, batcher: StepSource) -> tuple[TrainConfig, dict[str, Any]]:
+        """``cfg`` with ``max_steps = ceil(epochs · steps per epoch)`` from the batcher's dataset."""
+        assert cfg.epochs is not None
+        n = getattr(batcher, "n", None)
+        per_step = getattr(batcher, "examples_per_step", None)
+        if not n or not per_step:
+            raise UserError("train.epochs needs a batcher with a known dataset length (StepBatcher); "
+                            "set train.max_steps instead", key="train.epochs")
+        steps = max(1, math.ceil(cfg.epochs * n / per_step - 1e-9))
+        info = {"epochs": cfg.epochs, "max_steps": steps, "examples": int(n), "examples_per_step": int(per_step)}
+        return cfg.model_copy(update={"max_steps": steps}), info
 
     # -- state ------------------------------------------------------------------------------
 
@@ -340,7 +257,10 @@ class Trainer:
         self._window = _Window()
         self._stop_reason: str | None = None
         self._last_saved_step = -1
+        self._last_save_time = time.monotonic()
         self._last_eval_step = -1
+        self._signal_name = "SIGINT"
+        self._completed = False
 
     def request_stop(self, reason: str) -> None:
         """End training after the current step (evaluate, save, return ``stopped: reason``)."""
@@ -361,6 +281,7 @@ class Trainer:
             "rng": rng_state(),
             "config": self._config_dict(),
             "train_config": dump_config(self.cfg),
+            "identity": self.identity,
             "metrics": {
                 "tokens": self.tokens, "count": self.count, "skipped_steps": self.skipped_steps,
                 "consecutive_skips": self.consecutive_skips, "train_time_s": self.train_time_s,
@@ -401,44 +322,65 @@ class Trainer:
         """Write the checkpoint for the current step now."""
         path = self.checkpoints.save(self.state_dict(), self.step)
         self._last_saved_step = self.step
+        self._last_save_time = time.monotonic()
         for cb in self.callbacks:
             cb.on_checkpoint(self, self.step, path)
         return path
 
     # -- fit --------------------------------------------------------------------------------
 
-    def fit(self, resume: bool = False) -> TrainResult:
+    def fit(self, resume: ResumeMode = False, *, force: bool = False) -> TrainResult:
         """Train to ``cfg.max_steps`` (or a stop request); return a `TrainResult`.
 
-        ``resume=True`` continues from ``out_dir/checkpoint.pt`` exactly where it was written;
-        if there is none, training starts fresh (logged) — so the same command can start a
-        run and restart it after a crash. ``resume=False`` starts fresh and overwrites any
-        checkpoint and ``metrics.jsonl`` in ``out_dir``.
+        ``resume=True`` continues from ``out_dir/checkpoint.pt`` exactly where it was written and
+        raises `UserError` if there is none; ``resume="or_start"`` starts fresh in that case (so the
+        same command starts a run and restarts it after a crash). A checkpoint whose ``identity``
+        differs from this trainer's (another input model, other data) is refused unless ``force``.
+        ``resume=False`` starts fresh and overwrites any checkpoint and ``metrics.jsonl`` in ``out_dir``.
+
+        SIGINT/SIGTERM: the current step finishes, the checkpoint is saved and `TrainingInterrupted`
+        is raised (callbacks' ``on_fit_end`` is not called).
         """
         t_fit = time.perf_counter()
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         self._reset_counters()
         resumed_from: int | None = None
         state = self.checkpoints.load() if resume else None
+        if state is None and resume is True:
+            raise UserError(f"--resume: no checkpoint in {self.out_dir} ({self.checkpoints.path.name}); run without "
+                            "--resume to start, or with --resume-or-start to continue if there is one")
+        notes: list[str] = []
         if state is not None:
-            self.load_state_dict(state)
+            self._check_identity(state.get("identity") or {}, force)
+            try:
+                self.load_state_dict(state)
+            except (RuntimeError, KeyError, ValueError) as exc:  # a checkpoint of another shape (forced)
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise UserError(f"cannot resume from {self.checkpoints.path}: it does not fit this run ({first})"
+                                ) from None
             resumed_from = self.step
             del state
         else:
             seed_everything(self.cfg.seed)
             if resume:
-                log.info("no checkpoint in %s; starting fresh", self.out_dir)
+                notes.append(f"no checkpoint in {self.out_dir}; starting fresh")
             elif self.checkpoints.latest() is not None:
-                log.info("starting fresh in %s; its existing checkpoint will be overwritten", self.out_dir)
+                notes.append(f"starting fresh in {self.out_dir}; its existing checkpoint will be overwritten")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.out_dir / "config.json", self._config_dict())
 
         logger = MetricsLogger(self.out_dir, total_steps=self.cfg.max_steps, start_step=self.step,
                                resumed=resumed_from is not None, quiet=self.quiet,
                                tensorboard=self.tensorboard)
+        for note in notes:
+            logger.info(note)
+        if self.epoch_info is not None:
+            e = self.epoch_info
+            logger.info(f"train.epochs={e['epochs']:g}: {e['max_steps']} optimizer steps ({e['examples']} examples, "
+                        f"{e['examples_per_step']} per step)")
         if resumed_from is not None:
             logger.info(f"resumed from step {resumed_from} ({self.checkpoints.path})")
         det_before = torch.are_deterministic_algorithms_enabled()
-        restore_sigint = self._install_sigint()
+        restore_signals = self._install_signal_handlers()
         try:
             if self.cfg.deterministic:
                 # cuBLAS needs a fixed workspace for reproducible GEMMs; must be set before its init.
@@ -449,9 +391,12 @@ class Trainer:
                 cb.on_fit_start(self)
             stopped = self._run(logger)
         finally:
-            restore_sigint()
+            restore_signals()
             torch.use_deterministic_algorithms(det_before)
             logger.close()
+        if stopped == "interrupted":
+            raise TrainingInterrupted(self.step, self.cfg.max_steps, self.checkpoints.latest(), self._signal_name)
+        self._completed = True
 
         result = TrainResult(
             steps=self.step, tokens=self.tokens, count=self.count, final_loss=self.last_loss,
@@ -466,23 +411,61 @@ class Trainer:
             cb.on_fit_end(self, result)
         return result
 
-    def _install_sigint(self) -> Callable[[], None]:
-        """First Ctrl-C: finish the step, save, return ``interrupted``. Second: stop at once."""
+    def release_checkpoint(self) -> bool:
+        """After a completed `fit`, once the caller's output (the saved model) is safe: remove
+        ``checkpoint.pt`` unless ``cfg.keep_checkpoint``. True if it was removed. Interrupted and
+        diverged runs never get here (they raise), so their checkpoint stays."""
+        if not self._completed or self.cfg.keep_checkpoint:
+            return False
+        return self.checkpoints.remove()
+
+    def _check_identity(self, saved: dict[str, Any], force: bool) -> None:
+        differ = identity_mismatches(saved, self.identity)
+        if not differ:
+            return
+        what = {"model": "from another model", "data": "on other data"}
+        said = "; ".join(f"{what.get(k, f'with another {k}')} ({k} {saved[k]} != {self.identity[k]})"
+                         for k in differ)
+        if not force:
+            raise UserError(f"cannot resume: the checkpoint in {self.out_dir} was trained {said}; use the same "
+                            "inputs, another --out, or --force to resume anyway")
+        log.warning("resuming although the checkpoint was trained %s (--force)", said)
+
+    def _install_signal_handlers(self) -> Callable[[], None]:
+        """First SIGINT (Ctrl-C) or SIGTERM: finish the step, save, raise `TrainingInterrupted`.
+        A second one: stop at once (KeyboardInterrupt), keeping the last periodic checkpoint."""
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
-        previous = signal.getsignal(signal.SIGINT)
+        signals = [signal.SIGINT] + ([signal.SIGTERM] if hasattr(signal, "SIGTERM") else [])
+        previous = {sig: signal.getsignal(sig) for sig in signals}
 
         def handler(signum: int, frame: Any) -> None:
             if self._stop_reason == "interrupted":
                 raise KeyboardInterrupt
             self._stop_reason = "interrupted"
-            log.warning("interrupt: stopping after this step (Ctrl-C again to abort without saving)")
+            self._signal_name = signal.Signals(signum).name
+            log.warning("%s: stopping after this step to save a checkpoint (again to abort without saving)",
+                        self._signal_name)
 
-        signal.signal(signal.SIGINT, handler)
-        return lambda: signal.signal(signal.SIGINT, previous)
+        for sig in signals:
+            signal.signal(sig, handler)
+
+        def restore() -> None:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+        return restore
+
+    def _save_due(self, step: int) -> bool:
+        """Every ``save_every`` steps, or when ``save_every_minutes`` passed since the last save."""
+        cfg = self.cfg
+        if cfg.save_every and step % cfg.save_every == 0:
+            return True
+        return bool(cfg.save_every_minutes) and time.monotonic() - self._last_save_time >= 60 * cfg.save_every_minutes
 
     def _run(self, logger: MetricsLogger) -> str:
         cfg = self.cfg
+        self._last_save_time = time.monotonic()
         while self.step < cfg.max_steps and self._stop_reason is None:
             metrics = self._train_step(logger)
             s = self.step
@@ -494,7 +477,7 @@ class Trainer:
                 cb.on_step_end(self, s, metrics)
             if cfg.eval_every and s % cfg.eval_every == 0:
                 self._evaluate(logger)
-            if cfg.save_every and s % cfg.save_every == 0:
+            if s < cfg.max_steps and self._stop_reason is None and self._save_due(s):
                 self.save()
         stopped = self._stop_reason or "max_steps"
         if stopped != "interrupted" and self._last_eval_step != self.step:

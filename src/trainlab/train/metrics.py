@@ -1,4 +1,4 @@
-"""Where training metrics go: ``metrics.jsonl`` always, TensorBoard if installed, a console view.
+"""Where training metrics go: ``metrics.jsonl`` always, TensorBoard if asked, a console view.
 
 ``metrics.jsonl`` has one JSON object per line: ``{"kind": "train", "step": ...}`` per logged step
 and ``{"kind": "eval", "step": ...}`` per evaluation. On resume from a checkpoint at step ``s``,
@@ -43,6 +43,13 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return records
+
+
+def tensorboard_available() -> bool:
+    """Whether ``torch.utils.tensorboard`` can write (the tensorboard package is installed)."""
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
 
 
 def _tensorboard_writer(log_dir: Path, purge_step: int | None) -> Any | None:
@@ -103,14 +110,14 @@ class MetricsLogger:
         if self._progress is not None:
             self._progress.update(self._task, completed=record["step"], info=info)
         elif not self.quiet:
-            self.console.print(f"step {record['step']}: {info}", highlight=False)
+            self.console.print(f"step {record['step']}: {info}", highlight=False, markup=False)
 
     def eval(self, record: dict[str, Any]) -> None:
         self.write({"kind": "eval", **record})
         if not self.quiet:
             shown = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                               for k, v in record.items() if k != "step")
-            self.console.print(f"eval @ step {record['step']}: {shown}", highlight=False)
+            self.console.print(f"eval @ step {record['step']}: {shown}", highlight=False, markup=False)
 
     def advance(self, step: int) -> None:
         if self._progress is not None:
@@ -119,7 +126,7 @@ class MetricsLogger:
     def info(self, message: str) -> None:
         log.info(message)
         if not self.quiet:
-            self.console.print(message, highlight=False)
+            self.console.print(message, highlight=False, markup=False, soft_wrap=True)
 
     def close(self) -> None:
         if self._progress is not None:
