@@ -104,3 +104,29 @@ def test_bad_arguments(model):
     with pytest.raises(UserError, match="temperature"):
         generate(model, ids, max_new_tokens=2, temperature=-1)
     assert torch.equal(generate(model, ids, max_new_tokens=0), ids)
+
+
+def test_sampling_params_are_the_one_signature(model):
+    """`generate` is defined once: SamplingParams holds the arguments, every model inherits one method."""
+    import inspect
+
+    from trainlab.model import GenerateMixin, HFCausalLM, SamplingParams
+    from trainlab.model.protocol import CausalLM
+
+    assert Decoder.generate is GenerateMixin.generate and HFCausalLM.generate is GenerateMixin.generate
+    assert "max_new_tokens" not in inspect.signature(CausalLM.generate).parameters
+    ids, mask = left_pad(PROMPTS)
+    params = SamplingParams(max_new_tokens=5, eos_token_id=7, pad_token_id=40)
+    assert params.eos_token_id == (7,) and params.pad_id == 40
+    by_params = model.generate(ids, mask, params)
+    assert torch.equal(by_params, model.generate(ids, mask, max_new_tokens=5, eos_token_id=[7], pad_token_id=40))
+    assert torch.equal(by_params, generate(model, ids, mask, params))
+    # keywords given with params replace its fields
+    assert model.generate(ids, mask, params, max_new_tokens=2).shape[1] <= ids.shape[1] + 2
+    with pytest.raises(TypeError, match="max_tokens"):
+        model.generate(ids, mask, max_tokens=3)
+    with pytest.raises(TypeError, match="max_new_tokens"):
+        model.generate(ids, mask)
+    with pytest.raises(UserError, match="top_k"):
+        SamplingParams(max_new_tokens=1, top_k=-1)
+    assert SamplingParams(max_new_tokens=1).pad_id == 0 and SamplingParams(max_new_tokens=1, eos_token_id=5).pad_id == 5

@@ -247,7 +247,7 @@ def _loss_grads(model, ids):
 
 def test_apply_checkpointing_to_loaded_models(gpt2_dir, tmp_path):
     from trainlab.memory.measure import SavedTensorBytes
-    from trainlab.model.protocol import apply_checkpointing
+    from trainlab.model.protocol import apply_checkpointing, hf_checkpointing
 
     ids = torch.randint(3, V, (2, 9))
     # a transformers model: its own per-layer checkpointing, same gradients, less saved for backward
@@ -256,7 +256,7 @@ def test_apply_checkpointing_to_loaded_models(gpt2_dir, tmp_path):
     with SavedTensorBytes(exclude=hf.parameters()) as without:
         hf(ids).sum()
     apply_checkpointing(hf, "full")
-    assert hf.model.is_gradient_checkpointing
+    assert hf_checkpointing(hf.model)
     ckpt = _loss_grads(hf, ids)
     with SavedTensorBytes(exclude=hf.parameters()) as with_ckpt:
         hf(ids).sum()
@@ -264,7 +264,7 @@ def test_apply_checkpointing_to_loaded_models(gpt2_dir, tmp_path):
     for name, g in plain.items():
         torch.testing.assert_close(ckpt[name], g, atol=1e-6, rtol=1e-5)
     apply_checkpointing(hf, "none")
-    assert not hf.model.is_gradient_checkpointing
+    assert not hf_checkpointing(hf.model)
     with pytest.raises(UserError, match="needs trainlab's decoder"):
         apply_checkpointing(hf, "selective")
     # our decoder: the policy lands in its config, every policy allowed

@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainlab.data.datasets import collate_left_padded_prompts, collate_padded
+from trainlab.data.datasets import collate_padded
 from trainlab.data.tasks import TaskRecord, score
+from trainlab.model.text import complete_prompts
 from trainlab.train.objectives import CausalLMObjective
 
 
@@ -45,35 +46,16 @@ def validation_loss(model: nn.Module, dataset: Sequence[dict[str, torch.Tensor]]
     return float(total / max(count, 1.0))
 
 
-@torch.no_grad()
 def generate_completions(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int,
                          batch_size: int = 64, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                          seed: int = 0) -> list[str]:
-    """Complete ``prompts`` (batched, left-padded, bos first); return the decoded new text only.
+    """Complete ``prompts`` (batched, left-padded, tokenized as the model's tokenizer does); return the new text.
 
-    Decoding stops at eos; special tokens are dropped from the text.
+    Decoding stops at the model's eos ids; special tokens are dropped from the text. See
+    :func:`trainlab.model.text.complete_prompts`.
     """
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
-    eos = tokenizer.eos_token_id
-    out: list[str] = []
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, len(prompts), batch_size):
-            chunk = list(prompts[start:start + batch_size])
-            ids, mask = collate_left_padded_prompts(tokenizer, chunk)
-            ids, mask = ids.to(device), mask.to(device)
-            gen = model.generate(ids, mask, max_new_tokens=max_new_tokens, temperature=temperature,
-                                 top_k=top_k, top_p=top_p, eos_token_id=eos,
-                                 pad_token_id=tokenizer.pad_token_id, generator=generator)
-            for row in gen[:, ids.shape[1]:].tolist():
-                if eos is not None and eos in row:
-                    row = row[:row.index(eos)]
-                out.append(tokenizer.decode(row, skip_special_tokens=True))
-    finally:
-        model.train(was_training)
-    return out
+    return complete_prompts(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                            top_k=top_k, top_p=top_p, batch_size=batch_size, seed=seed)
 
 
 @dataclass

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,10 +41,7 @@ from trainlab.attention import attention, check_backend_name
 from trainlab.config import ModelConfig
 from trainlab.errors import UserError
 from trainlab.model.cache import KVCache
-
-if TYPE_CHECKING:
-    from trainlab.model.generate import TokenIds
-
+from trainlab.model.generate import GenerateMixin
 
 # --------------------------------------------------------------------------------------------
 # Building blocks
@@ -235,7 +232,7 @@ def positions_from_mask(attention_mask: Tensor) -> Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)
 
 
-class Decoder(nn.Module):
+class Decoder(GenerateMixin, nn.Module):
     """Llama-style causal LM implementing :class:`trainlab.model.protocol.CausalLM`.
 
     Activation checkpointing (``cfg.checkpointing``), applied per block and only while training
@@ -407,37 +404,6 @@ class Decoder(nn.Module):
         """Run ``input_ids`` through the model appending to ``cache``; return last-position logits."""
         hidden = self.hidden_states(input_ids, attention_mask, position_ids, cache=cache)
         return self.logits(hidden[:, -1]), cache
-
-    def generate(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor | None = None,
-        *,
-        max_new_tokens: int,
-        temperature: float = 0.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        eos_token_id: TokenIds = None,
-        pad_token_id: int | None = None,
-        generator: torch.Generator | None = None,
-        use_cache: bool = True,
-    ) -> Tensor:
-        """Continue left-padded prompts; see :func:`trainlab.model.generate.generate`."""
-        from trainlab.model.generate import generate
-
-        return generate(
-            self,
-            input_ids,
-            attention_mask,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            eos_token_id=eos_token_id,
-            pad_token_id=pad_token_id,
-            generator=generator,
-            use_cache=use_cache,
-        )
 
     # ---- accounting ---------------------------------------------------------------------------
 

@@ -18,11 +18,17 @@ nucleus sampling):
   tokens (0 = all) and to the smallest set whose probability mass reaches ``top_p``.
 * A row that emits an ``eos_token_id`` is finished: later columns hold ``pad_token_id`` (default:
   the first eos id, else 0). Generation stops early once every row is finished.
+
+The decoding settings are defined once, as :class:`SamplingParams`; :func:`generate` and every
+model's ``generate`` method (:class:`GenerateMixin`) take either a ``SamplingParams`` or its fields
+as keywords. Text in, text out (tokenizing prompts as the model's tokenizer does, stopping at the
+model's eos ids) is :mod:`trainlab.model.text`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -71,23 +77,63 @@ def sample_next_token(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def _as_ids(ids: TokenIds) -> list[int]:
+def _as_ids(ids: TokenIds) -> tuple[int, ...]:
     if ids is None:
-        return []
+        return ()
     if isinstance(ids, int):
-        return [ids]
-    return [int(i) for i in ids]
+        return (int(ids),)
+    return tuple(int(i) for i in ids)
 
 
-def _check_args(max_new_tokens: int, temperature: float, top_k: int, top_p: float) -> None:
-    if max_new_tokens < 0:
-        raise UserError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if temperature < 0:
-        raise UserError(f"temperature must be >= 0, got {temperature}")
-    if top_k < 0:
-        raise UserError(f"top_k must be >= 0 (0 = off), got {top_k}")
-    if not 0.0 < top_p <= 1.0:
-        raise UserError(f"top_p must be in (0, 1], got {top_p}")
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to continue a prompt: the one definition of generation's arguments.
+
+    ``max_new_tokens``: at most this many new tokens per row. ``temperature`` 0 is greedy; else
+    sampling restricted to ``top_k`` (0 = off) and ``top_p`` (1 = off). A row is finished at any of
+    ``eos_token_id`` (an id, ids, or None = never); later columns hold ``pad_token_id`` (default: the
+    first eos id, else 0). Invalid values raise :class:`~trainlab.errors.UserError`.
+    """
+
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    eos_token_id: TokenIds = None
+    pad_token_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 0:
+            raise UserError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise UserError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise UserError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
+        object.__setattr__(self, "eos_token_id", _as_ids(self.eos_token_id))
+
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        return self.eos_token_id  # type: ignore[return-value]  # normalised in __post_init__
+
+    @property
+    def pad_id(self) -> int:
+        if self.pad_token_id is not None:
+            return int(self.pad_token_id)
+        return self.eos_ids[0] if self.eos_ids else 0
+
+    @classmethod
+    def of(cls, params: SamplingParams | None, options: dict[str, Any]) -> SamplingParams:
+        """``params``, or ``SamplingParams(**options)``, or ``params`` with ``options`` replacing fields."""
+        unknown = sorted(set(options) - {f.name for f in fields(cls)})
+        if unknown:
+            raise TypeError(f"generate() got unexpected keyword argument(s) {', '.join(unknown)}")
+        if params is None:
+            if "max_new_tokens" not in options:
+                raise TypeError("generate() needs max_new_tokens (or params=SamplingParams(...))")
+            return cls(**options)
+        return replace(params, **options) if options else params
 
 
 @torch.no_grad()
@@ -95,23 +141,21 @@ def generate(
     model: Any,
     input_ids: Tensor,
     attention_mask: Tensor | None = None,
+    params: SamplingParams | None = None,
     *,
-    max_new_tokens: int,
-    temperature: float = 0.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    eos_token_id: TokenIds = None,
-    pad_token_id: int | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    **options: Any,
 ) -> Tensor:
     """Continue left-padded prompts ``input_ids [B, T]``; returns ``[B, T + n]``, ``n <= max_new_tokens``.
 
+    The decoding settings are ``params`` (:class:`SamplingParams`) or its fields as keywords
+    (``max_new_tokens=8, temperature=0.7``; keywords given with ``params`` replace its fields).
     ``n < max_new_tokens`` only when every row has finished at an eos. ``generator`` (on the
     logits' device) makes sampling reproducible. Right-padded prompts are rejected: a new token
     would follow padding instead of the prompt.
     """
-    _check_args(max_new_tokens, temperature, top_k, top_p)
+    sp = SamplingParams.of(params, options)
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be [B, T], got {tuple(input_ids.shape)}")
     b, t = input_ids.shape
@@ -121,11 +165,10 @@ def generate(
         raise ValueError(f"attention_mask must be {(b, t)}, got {tuple(mask.shape)}")
     if t == 0 or not bool(mask[:, -1].all()):
         raise UserError("generate needs non-empty, left-padded prompts (attention_mask[:, -1] must be 1)")
-    if max_new_tokens == 0:
+    if sp.max_new_tokens == 0:
         return input_ids
 
-    eos = _as_ids(eos_token_id)
-    pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
+    eos, pad = list(sp.eos_ids), sp.pad_id
     eos_t = torch.tensor(eos, device=device, dtype=input_ids.dtype)
     finished = torch.zeros(b, dtype=torch.bool, device=device)
     cached = use_cache and isinstance(model, IncrementalDecoder)
@@ -133,20 +176,21 @@ def generate(
     # position of the next token of each row = number of real tokens so far
     next_pos = mask.sum(dim=-1, keepdim=True)
     if cached:
-        cache = model.init_cache(b, t + max_new_tokens)
+        cache = model.init_cache(b, t + sp.max_new_tokens)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         logits, cache = model.decode_step(input_ids, mask, positions, cache)
     else:
         logits = model(input_ids, mask)[:, -1]
 
     tokens = [input_ids]
-    for step in range(max_new_tokens):
-        nxt = sample_next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+    for step in range(sp.max_new_tokens):
+        nxt = sample_next_token(logits, temperature=sp.temperature, top_k=sp.top_k, top_p=sp.top_p,
+                                generator=generator)
         nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
         if eos:
             finished |= torch.isin(nxt, eos_t)
         tokens.append(nxt[:, None])
-        if step == max_new_tokens - 1 or (eos and bool(finished.all())):
+        if step == sp.max_new_tokens - 1 or (eos and bool(finished.all())):
             break
         mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
         if cached:
@@ -155,3 +199,25 @@ def generate(
         else:
             logits = model(torch.cat(tokens, dim=1), mask)[:, -1]
     return torch.cat(tokens, dim=1)
+
+
+class GenerateMixin:
+    """``model.generate(...)`` for a :class:`~trainlab.model.protocol.CausalLM`: :func:`generate` on ``self``.
+
+    The one place the method is defined; :class:`~trainlab.model.decoder.Decoder` and
+    :class:`~trainlab.model.hf.HFCausalLM` inherit it.
+    """
+
+    def generate(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        params: SamplingParams | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+        **options: Any,
+    ) -> Tensor:
+        """Continue left-padded prompts; see :func:`trainlab.model.generate.generate`."""
+        return generate(self, input_ids, attention_mask, params, generator=generator, use_cache=use_cache,
+                        **options)

@@ -19,6 +19,9 @@ Only local folders are loaded (:func:`load_hf`); nothing is downloaded.
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,7 @@ from torch import Tensor, nn
 
 from trainlab.errors import UserError
 from trainlab.model.decoder import positions_from_mask
-from trainlab.model.generate import TokenIds, generate
+from trainlab.model.generate import GenerateMixin
 
 
 def _nonlinear_head_reason(model: Any) -> str | None:
@@ -45,7 +48,7 @@ def _nonlinear_head_reason(model: Any) -> str | None:
     return None
 
 
-class HFCausalLM(nn.Module):
+class HFCausalLM(GenerateMixin, nn.Module):
     """Wrap a ``transformers`` ``*ForCausalLM`` model (and optionally its tokenizer)."""
 
     def __init__(self, model: Any, tokenizer: Any = None) -> None:
@@ -55,6 +58,11 @@ class HFCausalLM(nn.Module):
         self.model = model
         self.tokenizer = tokenizer
         self._head_problem = _nonlinear_head_reason(model)
+        # transformers 5.x calls the KV cache argument `cache` (`past_key_values` is deprecated there);
+        # 4.x knows only `past_key_values`. Likewise `logits_to_keep` (4.50+) / `num_logits_to_keep`.
+        params = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._keep_arg = next((n for n in ("logits_to_keep", "num_logits_to_keep") if n in params), None)
 
     @property
     def config(self) -> Any:
@@ -112,43 +120,12 @@ class HFCausalLM(nn.Module):
     def decode_step(
         self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache: Any
     ) -> tuple[Tensor, Any]:
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=cache,
-            use_cache=True,
-        )
-        return out.logits[:, -1], out.past_key_values
-
-    def generate(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor | None = None,
-        *,
-        max_new_tokens: int,
-        temperature: float = 0.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        eos_token_id: TokenIds = None,
-        pad_token_id: int | None = None,
-        generator: torch.Generator | None = None,
-        use_cache: bool = True,
-    ) -> Tensor:
-        """Continue left-padded prompts; see :func:`trainlab.model.generate.generate`."""
-        return generate(
-            self,
-            input_ids,
-            attention_mask,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            eos_token_id=eos_token_id,
-            pad_token_id=pad_token_id,
-            generator=generator,
-            use_cache=use_cache,
-        )
+        kwargs: dict[str, Any] = {self._cache_arg: cache}
+        if self._keep_arg is not None:
+            kwargs[self._keep_arg] = 1  # only the last position's logits, as transformers' generate
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         use_cache=True, **kwargs)
+        return out.logits[:, -1], getattr(out, self._cache_arg, None)
 
     def num_parameters(self, *, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
         return int(self.model.num_parameters(only_trainable=only_trainable, exclude_embeddings=exclude_embeddings))
@@ -156,6 +133,48 @@ class HFCausalLM(nn.Module):
 
 def _has_tokenizer(path: Path) -> bool:
     return any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json"))
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' logging and progress bars (load reports, "Loading weights", "Writing
+    model shards") for the calls inside, through its own APIs; the previous settings come back after.
+
+    Only what transformers logs through its logger and its tqdm wrapper is affected; Python warnings
+    are left alone (our calls use the current API names, so they raise none).
+    """
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    if bars:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def load_folder_tokenizer(path: str | Path) -> Any:
+    """``AutoTokenizer.from_pretrained(path)`` (local only, quiet), None when the folder has no tokenizer."""
+    from transformers import AutoTokenizer
+
+    p = Path(path)
+    if not _has_tokenizer(p):
+        return None
+    try:
+        with quiet_transformers():
+            return AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+    except Exception as exc:  # tokenizers/transformers raise many kinds for unreadable files
+        raise UserError(f"cannot load the tokenizer: {_one_line(exc)}", path=p) from None
 
 
 def load_hf(
@@ -168,25 +187,48 @@ def load_hf(
 ) -> HFCausalLM:
     """``AutoModelForCausalLM.from_pretrained(path)`` (local only) wrapped as :class:`HFCausalLM`.
 
-    The tokenizer is loaded too when the folder has one and ``tokenizer`` is True. ``dtype`` None
-    means float32. Extra ``kwargs`` go to ``from_pretrained`` (e.g. ``attn_implementation``).
+    The folder is checked first (:mod:`trainlab.model.checks`: a causal LM, readable safetensors),
+    then loaded without transformers' console output; weights missing from the checkpoint are an
+    error, not a random initialisation. The tokenizer is loaded too when the folder has one and
+    ``tokenizer`` is True, and must match the model. ``dtype`` None means float32. Extra ``kwargs``
+    go to ``from_pretrained`` (e.g. ``attn_implementation``).
     """
     import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from trainlab.model.checks import (
+        CONFIG_NAME,
+        check_causal_lm,
+        check_loading_info,
+        check_safetensors,
+        check_tokenizer,
+        model_special_ids,
+        read_json,
+        weight_files,
+    )
 
     p = Path(path)
+    if not p.is_dir():
+        raise UserError("model folder not found", path=p)
+    if not (p / CONFIG_NAME).is_file():
+        raise UserError("no config.json: not a model folder", path=p)
+    check_causal_lm(read_json(p / CONFIG_NAME), path=p)
+    check_safetensors(weight_files(p))
     # transformers renamed `torch_dtype` to `dtype` in 4.56 (and deprecated the old name)
     new_name = tuple(int(x) for x in transformers.__version__.split(".")[:2]) >= (4, 56)
     kwargs[("dtype" if new_name else "torch_dtype")] = dtype or torch.float32
-    if not p.is_dir():
-        raise UserError("model folder not found", path=p)
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(p), local_files_only=True, **kwargs)
-    except (OSError, ValueError, KeyError) as exc:
-        raise UserError(f"cannot load a causal LM: {str(exc).splitlines()[0]}", path=p) from None
+        with quiet_transformers():
+            model, info = AutoModelForCausalLM.from_pretrained(str(p), local_files_only=True,
+                                                               output_loading_info=True, **kwargs)
+    except Exception as exc:  # OSError, ValueError, RuntimeError (shapes), ...: all mean "this folder"
+        raise UserError(f"cannot load a causal LM: {_one_line(exc)}", path=p) from None
+    check_loading_info(info, model_name=type(model).__name__, path=p)
+    tok = load_folder_tokenizer(p) if tokenizer else None
+    if tok is not None:
+        check_tokenizer(tok, embedding_rows=int(model.get_input_embeddings().weight.shape[0]),
+                        special_ids=model_special_ids(model.config, getattr(model, "generation_config", None)),
+                        path=p)
     if device is not None:
         model = model.to(device)
-    tok = None
-    if tokenizer and _has_tokenizer(p):
-        tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
     return HFCausalLM(model, tok)

@@ -184,40 +184,55 @@ def _save_tokenizer(tokenizer: Any, out: Path) -> None:
         raise TypeError(f"cannot save tokenizer of type {type(tokenizer).__name__}")
 
 
-def save_pretrained(model: Decoder, out_dir: str | Path, tokenizer: Any = None) -> Path:
+def publish_folder(tmp: Path, out: Path) -> Path:
+    """Make the complete folder ``tmp`` (a sibling of ``out``) durable and rename it to ``out``.
+
+    An existing ``out`` is replaced; only between the two renames (old folder aside, new one in) is
+    there no folder at the name, and a crash never leaves a half-written folder under it.
+    """
+    for f in tmp.rglob("*"):  # durable before the rename makes the folder visible
+        if not f.is_file():
+            continue
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+        old.rmdir()
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+    return out
+
+
+def save_pretrained(model: Decoder, out_dir: str | Path, tokenizer: Any = None, *, dtype: torch.dtype | None = None,
+                    generation_config: dict[str, Any] | None = None) -> Path:
     """Write ``model`` (and ``tokenizer``) to ``out_dir`` in HF Llama format; returns ``out_dir``.
 
-    An existing ``out_dir`` is replaced. The new folder is complete before it takes the name;
-    only between the two renames (old folder aside, new one in) is there no folder at the name.
+    ``dtype``: the dtype of the saved weights (and of ``config.json``'s ``dtype``); None keeps the
+    parameters' own. ``generation_config``: written as ``generation_config.json`` when given.
+    An existing ``out_dir`` is replaced (see :func:`publish_folder`).
     """
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        weights = {name: t.contiguous().cpu() for name, t in hf_state_dict(model).items()}
-        dtype = next(iter(weights.values())).dtype
+        weights = {name: t.to(dtype or t.dtype).contiguous().cpu() for name, t in hf_state_dict(model).items()}
+        saved_dtype = next(iter(weights.values())).dtype
         # metadata format=pt: transformers refuses safetensors files without it
         save_file(weights, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-        config = hf_config_dict(model.config, dtype=dtype, tokenizer=tokenizer)
+        config = hf_config_dict(model.config, dtype=saved_dtype, tokenizer=tokenizer)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         (tmp / TRAINLAB_JSON).write_text(
             json.dumps(model.config.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8"
         )
+        if generation_config is not None:
+            (tmp / "generation_config.json").write_text(json.dumps(generation_config, indent=2) + "\n",
+                                                         encoding="utf-8")
         if tokenizer is not None:
             _save_tokenizer(tokenizer, tmp)
-        for f in tmp.rglob("*"):  # durable before the rename makes the folder visible
-            if not f.is_file():
-                continue
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            old.rmdir()
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        publish_folder(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

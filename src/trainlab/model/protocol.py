@@ -6,15 +6,15 @@ See docs/INTERFACES.md ("Model protocol"). Implementations: :class:`trainlab.mod
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from trainlab.errors import UserError
-from trainlab.model.generate import TokenIds
+from trainlab.model.generate import SamplingParams
 
 
 @runtime_checkable
@@ -41,16 +41,51 @@ class CausalLM(Protocol):
         self,
         input_ids: Tensor,
         attention_mask: Tensor | None = None,
-        *,
-        max_new_tokens: int,
-        temperature: float = 0.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        eos_token_id: TokenIds = None,
-        pad_token_id: int | None = None,
+        params: SamplingParams | None = None,
+        **options: Any,
     ) -> Tensor:
-        """Continue left-padded prompts: ``[B, T + n]`` with ``n <= max_new_tokens``."""
+        """Continue left-padded prompts: ``[B, T + n]`` with ``n <= max_new_tokens``.
+
+        ``params`` or its fields as keywords (:class:`~trainlab.model.generate.SamplingParams`);
+        both implementations inherit :class:`~trainlab.model.generate.GenerateMixin`.
+        """
         ...
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a loaded model came from and what its folder says about using it (``model.source``).
+
+    ``dtype``: the dtype its ``config.json`` declares (``dtype``, or ``torch_dtype`` before
+    transformers 4.56), None when it declares none; the model is loaded in float32 for training and
+    saved back in this dtype (:func:`trainlab.model.saving.save_model`). ``eos_token_ids``: where
+    generation stops, from ``generation_config.json`` (else ``config.json``), as transformers'
+    ``generate`` does. ``generation_config``: that file's content, written again on save.
+    """
+
+    path: Path
+    dtype: torch.dtype | None = None
+    eos_token_ids: tuple[int, ...] = ()
+    generation_config: dict[str, Any] | None = None
+
+
+def config_dtype(config: dict[str, Any]) -> torch.dtype | None:
+    """The floating dtype a ``config.json`` dict declares (``dtype`` / ``torch_dtype``), else None."""
+    name = config.get("dtype", config.get("torch_dtype"))
+    if not isinstance(name, str):
+        return None
+    value = getattr(torch, name.removeprefix("torch."), None)
+    return value if isinstance(value, torch.dtype) and value.is_floating_point else None
+
+
+def read_source(path: Path) -> ModelSource:
+    """The :class:`ModelSource` of a model folder (its config files; nothing is loaded)."""
+    from trainlab.model.checks import CONFIG_NAME, GENERATION_CONFIG_NAME, model_special_ids, read_json
+
+    config = read_json(path / CONFIG_NAME) if (path / CONFIG_NAME).is_file() else {}
+    generation = read_json(path / GENERATION_CONFIG_NAME) if (path / GENERATION_CONFIG_NAME).is_file() else None
+    eos = model_special_ids(generation if generation is not None else config)["eos_token_id"]
+    return ModelSource(path=path, dtype=config_dtype(config), eos_token_ids=tuple(eos), generation_config=generation)
 
 
 ModelKind = Literal["auto", "trainlab", "hf"]
@@ -63,21 +98,27 @@ def load_model(
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
 ) -> CausalLM:
-    """Load a model folder as a :class:`CausalLM`.
+    """Load a model folder as a :class:`CausalLM`, after checking it (:mod:`trainlab.model.checks`).
 
     ``kind="auto"``: our :class:`~trainlab.model.decoder.Decoder` when the folder has a
     ``trainlab.json`` or a Llama ``config.json`` the decoder can represent exactly; otherwise
     :class:`~trainlab.model.hf.HFCausalLM` through ``AutoModelForCausalLM`` (local files only).
-    ``"trainlab"`` / ``"hf"`` force one. ``dtype`` None means float32.
+    ``"trainlab"`` / ``"hf"`` force one. ``dtype`` None means float32 (training's master weights);
+    the folder's own dtype is recorded as ``model.source.dtype`` (:class:`ModelSource`).
+
+    Bad input is one ``UserError`` line before anything else happens: not a causal LM, corrupt or
+    truncated safetensors, missing weights, a tokenizer in the folder that does not match the model.
     """
-    from trainlab.model.hf import load_hf
-    from trainlab.model.hf_export import (
-        TRAINLAB_JSON,
-        WEIGHTS_INDEX_NAME,
-        WEIGHTS_NAME,
-        load_pretrained,
-        model_config_from_hf,
+    from trainlab.model.checks import (
+        check_causal_lm,
+        check_safetensors,
+        check_tokenizer,
+        model_special_ids,
+        read_json,
+        weight_files,
     )
+    from trainlab.model.hf import load_folder_tokenizer, load_hf
+    from trainlab.model.hf_export import TRAINLAB_JSON, load_pretrained, model_config_from_hf
 
     p = Path(path)
     if not p.exists():
@@ -89,20 +130,34 @@ def load_model(
     if kind not in ("auto", "trainlab", "hf"):
         raise UserError(f"unknown model kind {kind!r}; expected auto, trainlab or hf")
 
+    config = read_json(p / "config.json") if (p / "config.json").is_file() else None
+    source = read_source(p)
+    if config is not None:
+        check_causal_lm(config, path=p)
+    files = weight_files(p)
+    check_safetensors(files)
     if kind == "auto":
         kind = "hf"
         if (p / TRAINLAB_JSON).is_file():
             kind = "trainlab"
-        elif (p / "config.json").is_file() and ((p / WEIGHTS_NAME).is_file() or (p / WEIGHTS_INDEX_NAME).is_file()):
-            config = json.loads((p / "config.json").read_text(encoding="utf-8"))
+        elif config is not None and files:
             try:
                 model_config_from_hf(config)
                 kind = "trainlab"
-            except (UserError, KeyError):
+            except (UserError, KeyError, TypeError, ValueError):
                 kind = "hf"
+    model: Any
     if kind == "trainlab":
-        return load_pretrained(p, dtype=dtype or torch.float32, device=device)
-    return load_hf(p, dtype=dtype, device=device)
+        model = load_pretrained(p, dtype=dtype or torch.float32, device=device)
+        tokenizer = load_folder_tokenizer(p)
+        if tokenizer is not None:
+            check_tokenizer(tokenizer, embedding_rows=model.config.vocab_size,
+                            special_ids=model_special_ids(config or {}, source.generation_config),
+                            path=p)
+    else:
+        model = load_hf(p, dtype=dtype, device=device)
+    model.source = source
+    return model
 
 
 def apply_checkpointing(model: Any, policy: str, every: int = 2) -> None:
@@ -120,9 +175,14 @@ def apply_checkpointing(model: Any, policy: str, every: int = 2) -> None:
             model.config = model.config.model_copy(update={"checkpointing": policy, "checkpoint_every": every})
         return
     hf = getattr(model, "model", None)
+    # transformers 5.x renamed gradient_checkpointing_* to activation_checkpointing_* (old names warn)
+    new_api = hf is not None and hasattr(type(hf), "activation_checkpointing_enable")
     if policy == "none":
-        if hf is not None and getattr(hf, "is_gradient_checkpointing", False):
-            hf.gradient_checkpointing_disable()
+        if hf is not None and hf_checkpointing(hf):
+            if new_api:
+                hf.activation_checkpointing_disable()
+            else:
+                hf.gradient_checkpointing_disable()
         return
     if policy != "full":
         raise UserError(f"model.checkpointing={policy!r} needs trainlab's decoder; a transformers model supports "
@@ -130,4 +190,50 @@ def apply_checkpointing(model: Any, policy: str, every: int = 2) -> None:
     if hf is None or not getattr(hf, "supports_gradient_checkpointing", False):
         raise UserError(f"model.checkpointing=full: {type(hf or model).__name__} does not support gradient "
                         "checkpointing; use model.checkpointing=none")
-    hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if new_api:
+        hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def hf_checkpointing(hf: Any) -> bool:
+    """Whether a transformers model has activation checkpointing on (either API generation's name)."""
+    name = "is_activation_checkpointing" if hasattr(type(hf), "is_activation_checkpointing") else \
+        "is_gradient_checkpointing"
+    return bool(getattr(hf, name, False))
+
+
+def _is_dropout_field(name: str) -> bool:
+    return "dropout" in name or name.endswith("pdrop")
+
+
+def disable_dropout(model: Any) -> dict[str, float]:
+    """Turn every dropout of a loaded model off, as TRL's ``disable_dropout=True`` (its default) does.
+
+    TRL's ``disable_dropout_in_model`` sets ``p = 0`` on every ``nn.Dropout``. Some attention code
+    reads its probability from a plain float instead (``LlamaAttention.attention_dropout``, passed as
+    ``dropout=`` to the attention kernel in training mode) or from the config at call time, so those
+    are zeroed too: float module attributes named ``*dropout*`` and numeric config fields named
+    ``*dropout*`` / ``*pdrop`` (GPT-2's ``resid_pdrop``, ``embd_pdrop``, ``attn_pdrop``).
+
+    Returns the config fields changed, with their original values; they are also kept as
+    ``model.dropout_disabled`` so :func:`trainlab.model.saving.save_model` writes the user's values back.
+    Our :class:`~trainlab.model.decoder.Decoder` has no dropout: nothing changes.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            module.p = 0.0
+        for name, value in list(vars(module).items()):
+            if _is_dropout_field(name) and isinstance(value, float) and value != 0.0:
+                setattr(module, name, 0.0)
+    changed: dict[str, float] = dict(getattr(model, "dropout_disabled", None) or {})
+    hf = getattr(model, "model", model)
+    config = getattr(hf, "config", None)
+    if config is not None and callable(getattr(config, "to_dict", None)):
+        for name, value in config.to_dict().items():
+            if (_is_dropout_field(name) and isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and value != 0 and hasattr(config, name)):
+                changed.setdefault(name, value)
+                setattr(config, name, 0.0)
+    model.dropout_disabled = changed
+    return changed
