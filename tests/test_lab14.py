@@ -159,3 +159,14 @@ def test_env_reports_fp16_facts_of_its_own() -> None:
     (6e-8, 0.02, 0.02, "not reproduced"), (6e-8, 0.0, 0.0, "not reproduced")])
 def test_fp16_underflow_verdict_is_computed(smallest: float, unscaled: float, scaled: float, verdict: str) -> None:
     assert underflow_verdict(smallest, unscaled, scaled) == verdict
+
+
+def test_zero_verdict_compares_the_formula_with_the_paper() -> None:
+    from trainlab.labs.lab14.advisor import zero_verdict
+    from trainlab.memory.estimate import parse_count, zero_table
+
+    table = zero_table(parse_count("7.5B"), 64)
+    assert zero_verdict(table, 64) == "reproduced from the formula"
+    wrong = [dict(r) for r in table]
+    wrong[1]["gb_per_gpu"] *= 1.5  # a formula that no longer gives the paper's 31.4 GB
+    assert zero_verdict(wrong, 64) == "not reproduced"
