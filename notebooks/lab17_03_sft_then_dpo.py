@@ -14,7 +14,8 @@
 # # Lab 1.7 · 03 — Base → SFT → DPO, judged by the oracle
 #
 # SFT trains on task data in which a share of the answers are plausible but wrong; DPO then
-# prefers the correct answer over a wrong one, with the SFT model as the (cached) reference.
+# (pure DPO, no NLL term) prefers the correct answer over a wrong one, with the SFT model as the
+# (cached) reference.
 # Every stage is scored by exact-match oracle accuracy on held-out prompts.
 # The same runs from the command line: `trainlab sft` then `trainlab dpo --model runs/sft/model`.
 
@@ -32,7 +33,9 @@ base_dir = embedded_base_model(PRESET)
 
 # %%
 sft = run_alignment("sft", stage_config("sft", PRESET), base_dir, OUT / "sft", quiet=True)
-dpo = run_alignment("dpo", stage_config("dpo", PRESET), sft.summary["model_dir"], OUT / "dpo", quiet=True)
+# pure DPO (no NLL term: align.rpo_alpha=0, written out); RPO would be align.rpo_alpha=1
+dpo = run_alignment("dpo", stage_config("dpo", PRESET, overrides=["align.rpo_alpha=0"]), sft.summary["model_dir"],
+                    OUT / "dpo", quiet=True)
 
 # %%
 base, tok = load_policy(base_dir)

@@ -11,7 +11,7 @@
 # ---
 
 # %% [markdown]
-# # Lab 1.7 · 04 — Variants (sigmoid, IPO, hinge, robust), the β sweep, the whole lab
+# # Lab 1.7 · 04 — Variants (pure sigmoid, IPO, hinge, robust; RPO labelled as such), the β sweep, the whole lab
 #
 # The lab itself: `trainlab run lab17` writes the report section with every table and plot.
 # Here it runs in-process and its tables are printed.

@@ -28,7 +28,9 @@ PRESET = os.environ.get("TRAINLAB_NOTEBOOK_PRESET", "quick")
 OUT = Path(os.environ.get("TRAINLAB_NOTEBOOK_OUT", "runs/notebooks/lab18"))
 base_dir = embedded_base_model(PRESET)
 sft = run_alignment("sft", stage_config("sft", PRESET), base_dir, OUT / "sft", quiet=True)
-dpo = run_alignment("dpo", stage_config("dpo", PRESET), sft.summary["model_dir"], OUT / "dpo", quiet=True)
+# pure DPO (align.rpo_alpha=0): ORPO is compared with DPO itself, not DPO plus an NLL term (RPO)
+dpo = run_alignment("dpo", stage_config("dpo", PRESET, overrides=["align.rpo_alpha=0"]), sft.summary["model_dir"],
+                    OUT / "dpo", quiet=True)
 orpo = run_alignment("orpo", stage_config("orpo", PRESET), base_dir, OUT / "orpo", quiet=True)
 
 # %%

@@ -4,8 +4,11 @@ Measures oracle accuracy on held-out task prompts, wall time (every stage, refer
 included), training memory (exact accounting) and training curves of: SFT -> DPO (two stages,
 shared with lab 1.7 within one suite run), ORPO (one stage from the base model: NLL on the
 correct answer plus the odds-ratio penalty, no reference model) and SimPO (from the SFT model, no
-reference model). The ORPO model is then exported in the Hugging Face format and loaded back with
-``transformers``, which must compute the same logits.
+reference model). DPO is pure DPO (``align.rpo_alpha=0``), the run lab 1.7 calls ``dpo``. What each
+method holds for a reference policy is measured on the live objects (`ReferenceHoldings`), beside a
+short DPO run with a frozen reference and one with cached log-probs, so that the measurement is
+shown to see a reference when there is one. The ORPO model is then exported in the Hugging Face
+format and loaded back with ``transformers``, which must compute the same logits.
 """
 
 from __future__ import annotations
@@ -16,7 +19,15 @@ import torch
 
 from trainlab.align.evaluate import oracle_accuracy
 from trainlab.labs import LabContext
-from trainlab.recipes.align import build_alignment_data, load_policy, run_alignment, shared_stage, stage_config
+from trainlab.labs.align_common import PURE, ReferenceHoldings, describe_run, dpo_stage_config, drop_checkpoints
+from trainlab.recipes.align import (
+    AlignRun,
+    build_alignment_data,
+    load_policy,
+    run_alignment,
+    shared_stage,
+    stage_config,
+)
 from trainlab.recipes.base_model import embedded_base_model
 from trainlab.report.plots import bar_plot, line_plot
 from trainlab.results import Claim, Figure, LabResult, Table
@@ -31,6 +42,14 @@ def _curve(history: list[dict[str, Any]], key: str) -> tuple[list[float], list[f
 
 def _mib(x: float) -> float:
     return x / 2**20
+
+
+def _no_reference_verdict(orpo_bytes: int, simpo_bytes: int, frozen_bytes: int) -> str:
+    """Consistent when ORPO and SimPO hold nothing for a reference while the same measurement sees
+    the frozen DPO reference; not measurable when it cannot see even that."""
+    if frozen_bytes <= 0:
+        return "not measurable here"
+    return "consistent" if orpo_bytes == 0 and simpo_bytes == 0 else "not reproduced"
 
 
 @torch.no_grad()
@@ -58,13 +77,29 @@ def export_check(model_dir: str, model: Any, tokenizer: Any, prompts: list[str])
 def run(ctx: LabContext) -> LabResult:
     base_dir = embedded_base_model(ctx.preset, quiet=True)
     kw = {"seed": ctx.seed, "device": ctx.device, "overrides": ctx.overrides}
-    cfg_sft, cfg_dpo = stage_config("sft", ctx.preset, **kw), stage_config("dpo", ctx.preset, **kw)
+    cfg_sft, cfg_dpo = stage_config("sft", ctx.preset, **kw), dpo_stage_config(ctx)
     cfg_orpo, cfg_simpo = stage_config("orpo", ctx.preset, **kw), stage_config("simpo", ctx.preset, **kw)
     sft = shared_stage("sft", "sft", cfg_sft, base_dir, ctx.suite_dir)
     dpo = shared_stage("dpo", "dpo", cfg_dpo, sft.summary["model_dir"], ctx.suite_dir)
-    orpo = run_alignment("orpo", cfg_orpo, base_dir, ctx.out_dir / "orpo", quiet=True)
+    for stage in ("sft", "dpo"):
+        drop_checkpoints(ctx.suite_dir / ".align-cache" / stage)
+    # what each method holds for a reference policy, measured on the live objects when training starts
+    held: dict[str, ReferenceHoldings] = {k: ReferenceHoldings() for k in ("orpo", "simpo", "dpo-frozen",
+                                                                              "dpo-cached")}
+    orpo = run_alignment("orpo", cfg_orpo, base_dir, ctx.out_dir / "orpo", quiet=True, callbacks=[held["orpo"]])
     simpo = run_alignment("simpo", cfg_simpo, sft.summary["model_dir"], ctx.out_dir / "simpo", quiet=True,
-                          save=False)
+                          save=False, callbacks=[held["simpo"]])
+    # DPO with a frozen reference model and with cached log-probs: two short runs of the same stage
+    ref_runs: dict[str, AlignRun] = {}
+    for mode in ("frozen", "cached"):
+        cfg = stage_config("dpo", ctx.preset, **(kw | {"overrides": [
+            *ctx.overrides, *PURE, f"align.reference={mode}", "train.max_steps=2", "train.eval_every=0",
+            "align.eval_kl=false"]}))
+        ref_runs[mode] = run_alignment("dpo", cfg, sft.summary["model_dir"], ctx.out_dir / f"dpo-{mode}", quiet=True,
+                                       save=False, evaluate_oracle=False, callbacks=[held[f"dpo-{mode}"]])
+    for folder in ("orpo", "simpo", "dpo-frozen", "dpo-cached"):
+        drop_checkpoints(ctx.out_dir / folder)
+    dpo_label = describe_run("dpo", cfg_dpo)
     base_model, tokenizer = load_policy(base_dir, ctx.device)
     records = build_alignment_data("sft", cfg_sft, tokenizer).eval_records
     acc_base = oracle_accuracy(base_model, tokenizer, records).to_dict()
@@ -129,7 +164,15 @@ def run(ctx: LabContext) -> LabResult:
               columns=["stage", "parameters", "gradients", "optimizer", "reference", "activations", "total"],
               rows=[[name, *[_mib(r.summary["memory"][k]) for k in ("parameters", "gradients", "optimizer",
                                                                      "reference", "activations", "total")]]
-                    for name, r in (("SFT", sft), ("DPO", dpo), ("ORPO", orpo), ("SimPO", simpo))]),
+                    for name, r in (("SFT", sft), ("DPO (cached reference)", dpo),
+                                    ("DPO (frozen reference)", ref_runs["frozen"]), ("ORPO", orpo),
+                                    ("SimPO", simpo))]),
+        Table(title="Held for a reference policy, measured at the start of training (MiB)",
+              columns=["run", "reference model weights", "cached reference log-probs", "total"],
+              rows=[[name, _mib(h.model_bytes), _mib(h.cached_bytes), _mib(h.total)] for name, h in held.items()],
+              note="Tensors reachable from each run's objective besides the policy's own (a frozen reference "
+                   "model), plus the per-example reference values its training data carries (cached log-probs); "
+                   "measured by walking the live objects, not read from the method or the config."),
         Table(title="Export: the ORPO model in the Hugging Face format, loaded by transformers",
               columns=["folder", "loaded as", "max |logit difference|", "same next token"],
               rows=[[orpo.summary["model_dir"], export["class"], export["max_abs_logit_diff"],
@@ -139,9 +182,11 @@ def run(ctx: LabContext) -> LabResult:
     # ---- claims
     a_dpo, a_orpo = pipelines["SFT -> DPO"][0], pipelines["ORPO"][0]
     saving = 1 - pipelines["ORPO"][1] / two_stage if two_stage > 0 else float("nan")
+    h_orpo, h_simpo, h_frozen, h_cached = (held[k].total for k in ("orpo", "simpo", "dpo-frozen", "dpo-cached"))
     claims = [
         Claim(claim="ORPO aligns better than DPO", source="seed 000 (Lab-1.8)",
-              measured=f"oracle accuracy: ORPO from base {a_orpo:.1%} vs SFT -> DPO {a_dpo:.1%}",
+              measured=f"oracle accuracy: ORPO from base {a_orpo:.1%} vs SFT -> pure DPO ({dpo_label}) "
+                       f"{a_dpo:.1%}",
               verdict="consistent" if a_orpo > a_dpo else "not reproduced",
               why="same preference pairs and held-out prompts; the SFT stage trains on task data with a share of "
                   "wrong answers, ORPO's NLL term only on the correct ones"),
@@ -153,12 +198,11 @@ def run(ctx: LabContext) -> LabResult:
               why=f"{ctx.env.short()}; an ORPO step processes both completions of a pair (2 sequences) where an SFT "
                   "step processes one, so the saving depends on how many steps each stage is given"),
         Claim(claim="ORPO and SimPO need no reference model", source="seed 001 (alignment), seed 003 (ORPO)",
-              measured=f"reference memory: ORPO {_mib(orpo.summary['memory']['reference']):.2f} MiB, SimPO "
-                       f"{_mib(simpo.summary['memory']['reference']):.2f} MiB, DPO "
-                       f"{_mib(dpo.summary['memory']['reference']):.2f} MiB (cached log-probs) — a frozen DPO "
-                       f"reference would add {_mib(dpo.summary['memory']['parameters']):.2f} MiB",
-              verdict="consistent" if orpo.summary["memory"]["reference"] == 0 else "not reproduced",
-              why="exact accounting; trainlab's DPO caches π_ref's log-probs, so it also avoids the second model"),
+              measured=f"held for a reference, measured: ORPO {h_orpo:,} B, SimPO {h_simpo:,} B; DPO with a frozen "
+                       f"reference {_mib(h_frozen):.2f} MiB, with cached log-probs {h_cached:,} B",
+              verdict=_no_reference_verdict(h_orpo, h_simpo, h_frozen),
+              why="the same measurement sees DPO's frozen reference model, so a reference held by ORPO or SimPO "
+                  "would show; trainlab's cached DPO also avoids the second model (it keeps 2 numbers per pair)"),
         Claim(claim="DPO is 50-70% cheaper than RLHF", source="seed 000 (Lab-1.7)",
               measured="RLHF (reward model + PPO) is not implemented in trainlab yet, so there is no RLHF run to time",
               verdict="not measurable here", why="needs the RLHF component (reward model, PPO with a value head)"),
@@ -171,7 +215,8 @@ def run(ctx: LabContext) -> LabResult:
     ]
     text = [
         f"Three pipelines on the same task data: SFT ({sft.summary['steps']} steps, "
-        f"{cfg_sft.align_data.sft_wrong_share:.0%} wrong answers) then DPO ({dpo.summary['steps']} steps); ORPO "
+        f"{cfg_sft.align_data.sft_wrong_share:.0%} wrong answers) then pure DPO ({dpo.summary['steps']} steps, "
+        f"{dpo_label}, no NLL term); ORPO "
         f"from the base model in one stage ({orpo.summary['steps']} steps, λ = {cfg_orpo.align.orpo_lambda:g}); "
         f"SFT then SimPO ({simpo.summary['steps']} steps, β = {cfg_simpo.align.beta:g}, γ = "
         f"{cfg_simpo.align.simpo_gamma:g}).",
@@ -180,11 +225,13 @@ def run(ctx: LabContext) -> LabResult:
         f"{pipelines['ORPO'][1]:.0f} s.",
     ]
     slim = {k: {kk: vv for kk, vv in r.summary.items() if kk not in ("history", "config", "data")}
-            for k, r in (("sft", sft), ("dpo", dpo), ("orpo", orpo), ("simpo", simpo))}
+            for k, r in (("sft", sft), ("dpo", dpo), ("orpo", orpo), ("simpo", simpo),
+                         ("dpo-frozen", ref_runs["frozen"]), ("dpo-cached", ref_runs["cached"]))}
     return LabResult(lab="lab18", title=TITLE, preset=ctx.preset, device=ctx.device, seed=ctx.seed,
                      config={"orpo": cfg_orpo.model_dump(mode="json"), "simpo": cfg_simpo.model_dump(mode="json")},
                      summary=text, claims=claims, tables=tables, figures=figs,
                      data={"accuracy": acc, "pipelines": {k: dict(zip(["accuracy", "cost_s", "wall_time_s",
                                                                        "memory_bytes", "steps"], v, strict=True))
                                                           for k, v in pipelines.items()},
-                           "export": export, "runs": slim})
+                           "export": export, "runs": slim,
+                           "reference_held": {k: h.to_dict() for k, h in held.items()}, "dpo_label": dpo_label})
