@@ -14,6 +14,7 @@ from trainlab.data.tasks import TASKS, make_task_records
 from trainlab.data.tokenizer import load_tokenizer
 from trainlab.evaluation import generate_completions, task_accuracy
 from trainlab.labs import LabContext
+from trainlab.labs.common import resolve_preset
 from trainlab.model.decoder import Decoder
 from trainlab.recipes.base_model import publish_base_model
 from trainlab.recipes.pretrain import build_decoder, run_pretrain
@@ -40,7 +41,8 @@ def run(ctx: LabContext) -> LabResult:
     publish_base_model(cfg, model_dir)
 
     # Oracle accuracy on held-out problems: random weights vs trained.
-    records = make_task_records(EVAL_PER_TASK.get(ctx.preset, 40) * len(TASKS), ctx.seed + 7, split="eval")
+    per_task = resolve_preset(EVAL_PER_TASK, ctx.preset, lab="base")
+    records = make_task_records(per_task * len(TASKS), ctx.seed + 7, split="eval")
     untrained = build_decoder(cfg, len(tokenizer)).to(ctx.device)
     acc_before = task_accuracy(untrained, tokenizer, records)
     acc_after = task_accuracy(model, tokenizer, records)
