@@ -130,11 +130,11 @@ def make_model(arch: str, tokenizer, *, seed: int = 0, dim: int = 32, layers: in
 
 
 def hf_model_dir(path: str | Path, arch: str, *, seed: int = 0, dtype: torch.dtype | None = None,
-                 tokenizer_style: TokenizerStyle | None = None) -> Path:
+                 tokenizer_style: TokenizerStyle | None = None, positions: int = 256) -> Path:
     """Save a tiny ``arch`` model and its tokenizer into ``path`` (a transformers folder) and return it."""
     path = Path(path)
     tok = make_tokenizer(tokenizer_style or ARCH_TOKENIZER[arch])
-    model = make_model(arch, tok, seed=seed)
+    model = make_model(arch, tok, seed=seed, positions=positions)
     if dtype is not None:
         model = model.to(dtype)
     model.save_pretrained(path)

@@ -4,19 +4,31 @@ An alignment run is a `trainlab.config.RunConfig` (``model``, ``data``, ``train`
 keep working) plus two sections of its own:
 
 * ``align``: the method's loss knobs (β, loss type, label smoothing, SimPO's γ, ORPO's λ, KTO's
-  weights), the length budget (``max_prompt_len``, ``max_completion_len``, ``max_len``), how the
-  reference log-probs are obtained (``reference: cached | frozen``) and the logit chunking;
+  weights), the length budget (TRL's ``max_length``, ``truncation_mode``, ``max_prompt_length``,
+  ``max_completion_length``), how the reference log-probs are obtained (``reference: cached |
+  frozen``, ``ref_model``), the logit chunking, dropout and the saved dtype;
 * ``align_data``: where preference / SFT records come from (``source: embedded`` or a file or
   ``datasets`` folder), ``strict`` validation, and the embedded task data's knobs.
 
-Like every trainlab config, unknown keys are errors. `align_config(method, preset, ...)` builds
-one: preset < the method's defaults (`method_defaults`) < ``--config`` file < ``key=value``.
-The method defaults are what ``configs/<method>.yaml`` spell out for the ``quick`` preset.
+Like every trainlab config, unknown keys are errors. `align_config(method, preset, model=...)`
+builds one: preset < the method's defaults < ``--config`` file < ``key=value``. The method's
+defaults depend on the model (`defaults_profile`):
+
+* our decoder (the embedded base model, or a folder trainlab saved: it has ``trainlab.json``):
+  the settings tuned on the embedded tasks (`method_defaults`), which ``configs/<method>.yaml``
+  spell out for the ``quick`` preset;
+* any other transformers folder: TRL 1.16's defaults (`trl_defaults`) on top of those:
+  DPOConfig / KTOConfig / ORPOConfig / CPOConfig(loss_type="simpo") lr 1e-6 and β 0.1 (pure
+  sigmoid DPO), SFTConfig lr 2e-5, ``max_length`` 1024 capped by the model's positions,
+  ``disable_dropout`` for the preference methods, TrainingArguments' Adam β₂ 0.999, batch 8 and
+  no warm-up, and no evaluation hold-out (TRL evaluates only an ``eval_dataset`` it is given:
+  ``--eval-data``).
 """
 
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,9 +39,14 @@ from trainlab.errors import UserError
 
 Method = Literal["sft", "dpo", "orpo", "simpo", "kto"]
 METHODS: tuple[str, ...] = ("sft", "dpo", "orpo", "simpo", "kto")
+SaveDtype = Literal["auto", "fp32", "bf16", "fp16"]
+DefaultsProfile = Literal["trainlab", "trl"]
 DPOLossType = Literal["sigmoid", "ipo", "hinge", "robust"]
 DPO_LOSS_TYPES: tuple[str, ...] = ("sigmoid", "ipo", "hinge", "robust")
 ReferenceMode = Literal["cached", "frozen"]
+TruncationMode = Literal["keep_start", "keep_end"]
+_RENAMED = {"max_len": "max_length", "max_prompt_len": "max_prompt_length",
+            "max_completion_len": "max_completion_length"}
 
 
 class AlignConfig(StrictModel):
@@ -54,11 +71,33 @@ class AlignConfig(StrictModel):
                                      "log-probs once before training; 'frozen' keeps a frozen copy")
     chunk_size: int = Field(-1, ge=-1, description="completion tokens per log-softmax chunk; 0: all at once; "
                             "-1: automatic (at most 32 MiB of fp32 logits at a time)")
-    max_prompt_len: int = Field(64, gt=0, description="prompt tokens kept (the last ones)")
-    max_completion_len: int = Field(32, gt=0, description="completion tokens kept, eos included (the first ones)")
-    max_len: int | None = Field(None, gt=2, description="optional cap on bos + prompt + completion")
+    max_length: int | None = Field(None, gt=1, description="TRL's max_length: tokens of prompt + completion "
+                                  "per sequence (capped by the model's positions); None: no cap")
+    truncation_mode: TruncationMode = Field("keep_start", description="TRL's truncation_mode: keep the first "
+                                            "max_length tokens (keep_end: the last; SFT only)")
+    max_prompt_length: int | None = Field(64, gt=0, description="prompt tokens kept (the last ones); None: no cap")
+    max_completion_length: int | None = Field(32, gt=0, description="completion tokens kept (the first ones); "
+                                              "None: no cap")
     eval_kl: bool = Field(True, description="evaluate KL(policy‖reference) on held-out pairs (keeps the "
                           "reference weights in memory during training)")
+    disable_dropout: bool = Field(True, description="set every dropout probability of the policy (and "
+                                  "reference) to 0, as TRL's disable_dropout")
+    ref_model: str | None = Field(None, description="DPO/KTO: the reference model's folder (same tokenizer); "
+                                  "None: the starting policy")
+    save_dtype: SaveDtype = Field("auto", description="dtype of the saved weights; auto: the dtype the input "
+                                  "model was stored in")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        # the names before TRL's (max_len, max_prompt_len, max_completion_len) still work; they win
+        # over a default given under the new name, as a user's explicit setting should
+        if isinstance(data, dict) and any(old in data for old in _RENAMED):
+            data = dict(data)
+            for old, new in _RENAMED.items():
+                if old in data:
+                    data[new] = data.pop(old)
+        return data
 
     @model_validator(mode="after")
     def _robust_smoothing(self) -> AlignConfig:
@@ -82,7 +121,17 @@ class AlignDataConfig(StrictModel):
     sft_wrong_share: float = Field(0.3, ge=0, lt=1, description="embedded SFT: share of examples whose "
                                    "completion is a plausible wrong answer, so SFT alone stays imperfect")
     n_eval_per_task: int = Field(40, gt=0, description="embedded: held-out prompts per task (oracle accuracy)")
-    n_eval_pairs: int = Field(120, ge=0, description="held-out pairs for reward accuracy and KL")
+    n_eval_pairs: int = Field(120, ge=0, description="held-out pairs for reward accuracy and KL (at most a tenth "
+                              "of the user's records; none with eval_source)")
+    eval_source: str | None = Field(None, description="evaluation pairs from this file/folder (any preference "
+                                    "format) instead of a hold-out of the training records")
+    chat_template: str | None = Field(None, description="conversational data on a model without a chat "
+                                      "template: 'builtin' or a Jinja template file; set on the tokenizer and "
+                                      "saved with the model")
+    completion_only_loss: bool | None = Field(None, description="SFT prompt/completion: loss on the completion only "
+                                              "(None: yes, as TRL); false: on the whole sequence")
+    assistant_only_loss: bool = Field(True, description="SFT messages: loss on every assistant turn (TRL's "
+                                      "assistant_only_loss); false: on every token (TRL's default)")
     seed: int = 1234
 
 
@@ -96,15 +145,17 @@ class AlignRunConfig(RunConfig):
 # Per method and preset: the optimization settings that differ from pre-training. Alignment
 # fine-tunes a trained model, so there is no weight decay (it would pull the weights toward zero,
 # away from the pre-trained model) and the warm-up is short. The numbers were tuned on the embedded
-# tasks with the quick base model (lab 1.7/1.8); they are starting points for other models.
+# tasks with the quick base model (lab 1.7/1.8); for other models `trl_defaults` applies.
+# Checkpointing follows train.save_every like every training command.
 _COMMON: dict[str, Any] = {"train": {"weight_decay": 0.0, "warmup_steps": 5, "grad_clip": 1.0, "min_lr_ratio": 0.1,
-                                     "save_every": 0, "log_every": 5, "grad_accum": 1}}
+                                     "log_every": 5, "grad_accum": 1}}
 _METHOD: dict[str, dict[str, Any]] = {
-    # SFT on noisy task data learns the tasks abruptly after a few hundred steps at this rate
-    "sft": {"train": {"lr": 2e-3, "warmup_steps": 20}},
-    # DPO with an NLL term on the chosen answer (RPO): pure DPO lowers greedy accuracy on these
-    # tasks (the likelihood of the correct answers falls with the wrong ones'), see lab 1.7
-    "dpo": {"train": {"lr": 3e-4}, "align": {"beta": 0.1, "rpo_alpha": 1.0}},
+    # SFT on noisy task data learns the tasks abruptly after a few hundred steps at this rate;
+    # SFT keeps dropout as TRL's SFTConfig does (it has no disable_dropout)
+    "sft": {"train": {"lr": 2e-3, "warmup_steps": 20}, "align": {"disable_dropout": False}},
+    # pure DPO (sigmoid, no NLL term): at the rate tuned for DPO + NLL (RPO, 3e-4) pure DPO moves
+    # the model too far on these tasks; a tenth of it stays above the SFT model (lab 1.7)
+    "dpo": {"train": {"lr": 3e-5}, "align": {"beta": 0.1, "rpo_alpha": 0.0}},
     "orpo": {"train": {"lr": 2e-3, "warmup_steps": 20}, "align": {"orpo_lambda": 0.1}},
     "simpo": {"train": {"lr": 1e-4}, "align": {"beta": 2.0, "simpo_gamma": 0.5}},
     "kto": {"train": {"lr": 3e-4}, "align": {"beta": 0.1}},
@@ -132,22 +183,96 @@ _DATA: dict[str, dict[str, Any]] = {
 
 
 def method_defaults(method: str, preset: str = "quick") -> dict[str, Any]:
-    """The settings a method starts from, on top of ``preset`` (a nested dict of config sections)."""
+    """The settings a method starts from on our decoder, on top of ``preset`` (nested config sections)."""
     if method not in METHODS:
         raise UserError(f"unknown alignment method {method!r}; expected one of {', '.join(METHODS)}")
-    schedule = _SCHEDULE.get(preset, _SCHEDULE["quick"])
-    steps, batch, eval_every, n_train = schedule[method]
+    if preset not in _SCHEDULE:
+        raise UserError(f"unknown preset {preset!r}; expected one of {', '.join(_SCHEDULE)}")
+    steps, batch, eval_every, n_train = _SCHEDULE[preset][method]
     out = deep_merge(_COMMON, _METHOD[method])
     out = deep_merge(out, {"train": {"max_steps": steps, "batch_size": batch, "eval_every": eval_every},
                            "align_data": {"n_train": n_train}})
     # a deep copy: load_config writes overrides into the nested dicts it is given
-    return copy.deepcopy(deep_merge(out, _DATA.get(preset, _DATA["quick"])))
+    return copy.deepcopy(deep_merge(out, _DATA[preset]))
+
+
+# TRL 1.16's defaults (trl/trainer/{dpo,sft,kto}_config.py, trl/experimental/{orpo,cpo}/*_config.py,
+# and the transformers.TrainingArguments they extend), in trainlab's keys. SimPO is CPOConfig with
+# loss_type="simpo" and cpo_alpha=0 (pure SimPO: trainlab's SimPO has no behaviour-cloning term).
+TRL_MAX_LENGTH = 1024
+_TRL_COMMON: dict[str, Any] = {
+    "train": {"batch_size": 8, "grad_accum": 1, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0,
+              "warmup_steps": 0, "min_lr_ratio": 0.0, "grad_clip": 1.0, "log_every": 10},
+    "align": {"disable_dropout": True},
+    "align_data": {"n_eval_pairs": 0},
+}
+_TRL: dict[str, dict[str, Any]] = {
+    "sft": {"train": {"lr": 2e-5}, "align": {"disable_dropout": False}},
+    "dpo": {"train": {"lr": 1e-6}, "align": {"beta": 0.1, "loss_type": "sigmoid", "label_smoothing": 0.0,
+                                             "rpo_alpha": 0.0}},
+    "orpo": {"train": {"lr": 1e-6}, "align": {"orpo_lambda": 0.1}},
+    "simpo": {"train": {"lr": 1e-6}, "align": {"beta": 0.1, "simpo_gamma": 0.5, "label_smoothing": 0.0}},
+    "kto": {"train": {"lr": 1e-6}, "align": {"beta": 0.1, "kto_desirable_weight": 1.0,
+                                             "kto_undesirable_weight": 1.0}},
+}
+POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx",
+                 "max_seq_len")
+
+
+def model_max_positions(model_dir: str | Path) -> int | None:
+    """The longest sequence a model folder's ``config.json`` allows (``max_position_embeddings``,
+    GPT-2's ``n_positions``, ...; a multimodal config's ``text_config``), or None if it names none."""
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for node in (cfg, cfg.get("text_config") or {}):
+        for key in POSITION_KEYS:
+            value = node.get(key)
+            if isinstance(value, int) and value > 0:
+                return value
+    return None
+
+
+def defaults_profile(model_dir: str | Path | None) -> DefaultsProfile:
+    """``trainlab`` for the embedded base model (None) and folders trainlab saved (``trainlab.json``),
+    ``trl`` for any other model folder."""
+    if model_dir is None or (Path(model_dir) / "trainlab.json").is_file():
+        return "trainlab"
+    return "trl"
+
+
+def trl_defaults(method: str, model_dir: str | Path | None = None) -> dict[str, Any]:
+    """TRL 1.16's defaults for ``method`` in trainlab's keys (to merge over `method_defaults`).
+
+    TRL's ``max_length`` (1024, prompt + completion, ``truncation_mode="keep_start"``), capped by
+    the model's positions; no separate prompt or completion cap, as in TRL 1.16.
+    """
+    if method not in _TRL:
+        raise UserError(f"unknown alignment method {method!r}; expected one of {', '.join(METHODS)}")
+    cap = TRL_MAX_LENGTH
+    positions = model_max_positions(model_dir) if model_dir is not None else None
+    if positions is not None:
+        cap = min(cap, positions)
+    lengths = {"align": {"max_length": cap, "truncation_mode": "keep_start", "max_prompt_length": None,
+                         "max_completion_length": None}}
+    return copy.deepcopy(deep_merge(deep_merge(_TRL_COMMON, _TRL[method]), lengths))
 
 
 def align_config(method: str, *, preset: str = "quick", config_file: str | Path | None = None,
-                 overrides: list[str] | None = None, extra: dict[str, Any] | None = None) -> AlignRunConfig:
-    """preset < method defaults < ``extra`` < ``config_file`` < ``overrides``, validated strictly."""
+                 overrides: list[str] | None = None, extra: dict[str, Any] | None = None,
+                 model: str | Path | None = None) -> AlignRunConfig:
+    """preset < method defaults < ``extra`` < ``config_file`` < ``overrides``, validated strictly.
+
+    ``model``: the folder the run starts from; the method defaults are TRL's for a transformers
+    folder (`defaults_profile`), the tuned ones for our decoder (None: the embedded base model).
+    """
     base = method_defaults(method, preset)
+    if defaults_profile(model) == "trl":
+        base = deep_merge(base, trl_defaults(method, model))
     if extra:
         base = deep_merge(base, copy.deepcopy(extra))
     cfg: AlignRunConfig = load_config(config_file, preset=preset, overrides=overrides, model=AlignRunConfig,

@@ -1,19 +1,25 @@
 """Alignment recipe: a model folder + records -> SFT, DPO, ORPO, SimPO or KTO -> a Hugging Face folder.
 
 ``run_alignment(method, cfg, model_path, out_dir)`` is what ``trainlab sft|dpo|orpo|simpo|kto``
-and the labs 1.7/1.8 run:
+and the labs 1.7/1.8 run. What differs between methods is one `trainlab.recipes.methods.AlignMethod`
+entry (data kind, collate, objective, reference, evaluations); the run itself is one pipeline:
 
-1. load the policy (our decoder or any local transformers causal LM) and its tokenizer;
+1. load the policy (our decoder or any local transformers causal LM) and its tokenizer; dropout
+   off unless ``align.disable_dropout=false`` (TRL's ``disable_dropout``);
 2. build the data (`build_alignment_data`): the embedded task data, or the user's records,
    validated (malformed records skipped and counted, or fatal with ``strict``) and tokenized
-   with the prompt/completion boundary in token space;
-3. for DPO and KTO, the reference: log-probs computed once with the initial weights and cached
-   (``align.reference: cached``, the default), or a frozen copy (``frozen``);
-4. train through `trainlab.train.Trainer` with the method's objective (`trainlab.align.objectives`);
-   evaluation on held-out pairs (implicit-reward accuracy, KL to the initial model) every
-   ``train.eval_every`` steps and at the end;
-5. save ``out_dir/model`` (HF format + tokenizer) and ``out_dir/summary.json`` (times, peak
-   memory, curves, oracle accuracy on held-out task prompts for the embedded data).
+   with the prompt/completion boundary in token space; evaluation pairs from
+   ``align_data.eval_source`` or a seeded hold-out; every count (truncated, dropped, held out)
+   in ``summary["data"]`` and on the console (`describe_data`);
+3. for methods with a reference (DPO, KTO): π_ref is the starting policy or ``align.ref_model``;
+   its log-probs computed once and cached (``align.reference: cached``, the default), or a frozen
+   model scoring every batch (``frozen``);
+4. train through `trainlab.train.Trainer` with the method's objective and the optimizer of
+   `trainlab.optim.build_optimizer`; evaluation pairs (implicit-reward accuracy, KL to the
+   reference) every ``train.eval_every`` steps and at the end;
+5. save ``out_dir/model`` (HF format + tokenizer) in the input model's dtype unless
+   ``align.save_dtype`` says otherwise, and ``out_dir/summary.json`` (times, peak memory, curves,
+   oracle accuracy on held-out task prompts for the embedded data).
 
 `run_or_reuse` wraps it with a cache keyed by (method, config, input model) so that labs sharing
 a stage (lab 1.8 reuses lab 1.7's SFT and DPO models within one suite run) train it once.
@@ -23,226 +29,89 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import random
 import shutil
 import time
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from trainlab.align.config import AlignRunConfig
-from trainlab.align.data import (
-    CompletionDataset,
-    CompletionRecord,
-    LengthPolicy,
-    LoadReport,
-    PreferenceDataset,
-    PreferenceRecord,
-    collate_preference,
-    collate_unpaired,
-    embedded_alignment_data,
-    load_records,
-)
+from trainlab.align.config import AlignRunConfig, defaults_profile
+from trainlab.align.datasets import PreferenceDataset, SFTDataset
 from trainlab.align.evaluate import completion_kl, oracle_accuracy, pair_logps, reward_accuracy, win_rate
-from trainlab.memory.measure import PeakMemory, training_memory
-from trainlab.align.objectives import DPOObjective, KTOObjective, ORPOObjective, SimPOObjective
-from trainlab.align.reference import FrozenReference, reference_logps
+from trainlab.align.reference import FrozenReference
 from trainlab.config import dump_config
 from trainlab.data.datasets import collate_padded
-from trainlab.data.tasks import TaskRecord
-from trainlab.data.tokenizer import load_tokenizer
-from trainlab.errors import UserError
-from trainlab.model.protocol import apply_checkpointing, load_model
-from trainlab.optim import build_optimizer
+from trainlab.memory.measure import PeakMemory, training_memory
+from trainlab.model.protocol import apply_checkpointing
+from trainlab.recipes.align_data import AlignmentData, build_alignment_data, check_vocab, describe_data
+from trainlab.recipes.align_model import (
+    ReferenceSetup,
+    disable_dropout,
+    load_policy,
+    max_positions,
+    prepare_reference,
+    save_dtype_for,
+    save_model,
+)
+from trainlab.recipes.methods import AlignMethod, get_method
 from trainlab.train.amp import autocast_context
+from trainlab.train.checkpoint import ResumeMode, folder_fingerprint
 from trainlab.train.data import StepBatcher
 from trainlab.train.device import resolve_device
 from trainlab.train.loop import Trainer
 from trainlab.train.objectives import CausalLMObjective, Objective
 from trainlab.utils import read_json, seed_everything, write_json
 
-log = logging.getLogger(__name__)
-
-PREFERENCE_METHODS = ("dpo", "orpo", "simpo")
-
-
-# --------------------------------------------------------------------------------------------
-# Model and data
-# --------------------------------------------------------------------------------------------
-
-
-def load_policy(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, Any]:
-    """(model, tokenizer) from a model folder: ours, or any local transformers causal LM."""
-    p = Path(path)
-    model = load_model(p)
-    try:
-        tokenizer = load_tokenizer(p)
-    except UserError:
-        tokenizer = getattr(model, "tokenizer", None)
-        if tokenizer is None or getattr(tokenizer, "eos_token_id", None) is None:
-            raise
-    if getattr(tokenizer, "pad_token_id", None) is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model.to(device), tokenizer  # type: ignore[attr-defined]
-
-
-@dataclass
-class AlignmentData:
-    """The tokenized training set, held-out pairs and task prompts, and what loading found."""
-
-    method: str
-    tokenizer: Any
-    train: PreferenceDataset | CompletionDataset
-    eval_pairs: PreferenceDataset | None
-    eval_records: list[TaskRecord]
-    info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def pad_id(self) -> int:
-        pad = self.tokenizer.pad_token_id
-        return int(pad if pad is not None else self.tokenizer.eos_token_id)
-
-
-def _kind(method: str) -> str:
-    return "sft" if method == "sft" else "unpaired" if method == "kto" else "preference"
-
-
-def _unpair(pairs: list[PreferenceRecord]) -> list[CompletionRecord]:
-    out: list[CompletionRecord] = []
-    for p in pairs:
-        out += [CompletionRecord(p.prompt, p.chosen, True, p.where), CompletionRecord(p.prompt, p.rejected, False,
-                                                                                      p.where)]
-    return out
-
-
-def build_alignment_data(method: str, cfg: AlignRunConfig, tokenizer: Any, *, source: Any = None
-                         ) -> AlignmentData:
-    """Records for ``method`` from ``source`` (default ``cfg.align_data.source``), tokenized.
-
-    Embedded: SFT gets the task data with ``sft_wrong_share`` wrong answers, DPO/ORPO/SimPO get
-    (correct, plausible wrong) pairs, KTO the same pairs unpaired; held-out pairs and task
-    prompts come from the eval side of the task split. User data: ``n_eval_pairs`` preference
-    records (seeded choice, at most a tenth) are held out for evaluation.
-    """
-    dc = cfg.align_data
-    a = cfg.align
-    policy = LengthPolicy(a.max_prompt_len, a.max_completion_len, a.max_len)
-    kind = _kind(method)
-    src = dc.source if source is None else source
-    eval_pairs_records: list[PreferenceRecord] = []
-    eval_records: list[TaskRecord] = []
-    info: dict[str, Any] = {"source": str(src) if isinstance(src, (str, Path)) else type(src).__name__}
-    if isinstance(src, str) and src == "embedded":
-        emb = embedded_alignment_data(dc)
-        records: list[Any] = emb.sft if kind == "sft" else _unpair(emb.pairs) if kind == "unpaired" else emb.pairs
-        eval_pairs_records, eval_records = emb.eval_pairs, emb.eval_records
-        info.update(n_train_problems=dc.n_train, sft_wrong_share=dc.sft_wrong_share, n_wrong_sft=emb.n_wrong_sft,
-                    difficulty=dc.difficulty, tasks=dc.tasks or "all")
-    else:
-        report: LoadReport = load_records(src, kind, tokenizer=tokenizer, strict=dc.strict, split=dc.split)  # type: ignore[arg-type]
-        info["load"] = report.summary()
-        if report.skipped:
-            log.warning("skipped %d malformed record(s) of %d in %s; first: %s", report.skipped, report.n_read,
-                        report.source, report.issues[0])
-        records = list(report.records)
-        if kind == "preference" and dc.n_eval_pairs:
-            n_hold = min(dc.n_eval_pairs, len(records) // 10)
-            if n_hold:
-                held = set(random.Random(dc.seed).sample(range(len(records)), n_hold))
-                eval_pairs_records = [r for i, r in enumerate(records) if i in held]
-                records = [r for i, r in enumerate(records) if i not in held]
-    if kind == "preference":
-        train: PreferenceDataset | CompletionDataset = PreferenceDataset(tokenizer, records, policy)
-    else:
-        train = CompletionDataset(tokenizer, records, policy, kind="sft" if kind == "sft" else "unpaired",
-                                  kl_block=cfg.train.batch_size)
-    if len(train) == 0:
-        raise UserError(f"no training examples left after truncation ({train.dropped} dropped): raise "
-                        "align.max_completion_len / align.max_len")
-    eval_pairs = PreferenceDataset(tokenizer, eval_pairs_records, policy) if eval_pairs_records else None
-    if eval_pairs is not None and len(eval_pairs) == 0:
-        eval_pairs = None
-    info["train"] = train.stats()
-    info["eval_pairs"] = len(eval_pairs) if eval_pairs is not None else 0
-    info["eval_prompts"] = len(eval_records)
-    return AlignmentData(method=method, tokenizer=tokenizer, train=train, eval_pairs=eval_pairs,
-                         eval_records=eval_records, info=info)
+# re-exported: the labs, notebooks and benchmarks import them from here
+__all__ = ["AlignRun", "AlignmentData", "build_alignment_data", "build_objective", "collate_for", "describe_data",
+           "load_policy", "run_alignment", "run_eval", "run_or_reuse", "save_model", "shared_stage",
+           "stage_config"]
 
 
 def build_objective(method: str, cfg: AlignRunConfig, reference: FrozenReference | None = None) -> Objective:
-    """The objective of ``method`` with ``cfg.align``'s settings."""
-    a = cfg.align
-    if method == "sft":
-        return CausalLMObjective(token_accuracy=True)
-    if method == "dpo":
-        return DPOObjective(beta=a.beta, loss_type=a.loss_type, label_smoothing=a.label_smoothing,
-                            rpo_alpha=a.rpo_alpha, chunk_size=a.chunk_size, reference=reference)
-    if method == "orpo":
-        return ORPOObjective(lam=a.orpo_lambda, mask_prompt=a.orpo_mask_prompt, chunk_size=a.chunk_size)
-    if method == "simpo":
-        return SimPOObjective(beta=a.beta, gamma=a.simpo_gamma, label_smoothing=a.label_smoothing,
-                              chunk_size=a.chunk_size)
-    if method == "kto":
-        return KTOObjective(beta=a.beta, desirable_weight=a.kto_desirable_weight,
-                            undesirable_weight=a.kto_undesirable_weight, kl=a.kto_kl, chunk_size=a.chunk_size,
-                            reference=reference)
-    raise UserError(f"unknown alignment method {method!r}")
+    """The objective of ``method`` with ``cfg.align``'s settings (`AlignMethod.objective`)."""
+    return get_method(method).objective(cfg.align, reference)
 
 
 def collate_for(method: str, pad_id: int) -> Any:
-    if method == "sft":
-        return partial(collate_padded, pad_id=pad_id)
-    if method == "kto":
-        return partial(collate_unpaired, pad_id=pad_id)
-    return partial(collate_preference, pad_id=pad_id)
+    """The batch collate of ``method``'s data (`AlignMethod.collate`)."""
+    return get_method(method).collate(pad_id)
 
 
-def _reward_beta(method: str, cfg: AlignRunConfig) -> float:
-    return {"orpo": cfg.align.orpo_lambda, "sft": 1.0}.get(method, cfg.align.beta)
-
-
-def alignment_optimizer(model: nn.Module, cfg: AlignRunConfig) -> torch.optim.Optimizer:
-    """`trainlab.optim.build_optimizer`'s optimizer, as the fused AdamW kernel where torch has one.
-
-    Fine-tuning updates every weight each step, and the unfused AdamW makes about a dozen passes
-    over parameters, gradients and both moments (with temporaries as large as the parameters);
-    the fused kernel makes one (CPU since torch 2.4, CUDA). Same update rule, same param groups
-    (no decay on norms and biases); results differ from the unfused path only by rounding.
-    """
-    opt = build_optimizer(model, cfg.train)
-    if not isinstance(opt, torch.optim.AdamW):
-        return opt
+@torch.no_grad()
+def completion_loss(model: nn.Module, dataset: SFTDataset, pad_id: int, batch_size: int = 64
+                    ) -> dict[str, float]:
+    """Mean next-token loss over the completion tokens of ``dataset`` (TRL's SFT ``eval_loss``)."""
+    objective = CausalLMObjective(token_accuracy=False)
     device = next(model.parameters()).device
-    if device.type not in ("cpu", "cuda"):
-        return opt
-    groups = [{k: v for k, v in g.items() if k in ("params", "weight_decay", "param_names")}
-              for g in opt.param_groups]
-    try:
-        return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2),
-                                 eps=cfg.train.eps, fused=True)
-    except (RuntimeError, TypeError, ValueError):  # an older torch, or an unsupported dtype/device
-        return opt
+    total, count = 0.0, 0
+    for start in range(0, len(dataset), batch_size):
+        batch = collate_padded([dataset[i] for i in range(start, min(len(dataset), start + batch_size))], pad_id)
+        out = objective(model, {k: v.to(device) for k, v in batch.items()})
+        total, count = total + float(out.loss_sum), count + int(out.count)
+    return {"eval_loss": total / max(count, 1)}
 
 
-def save_model(model: nn.Module, tokenizer: Any, out: Path) -> Path:
-    """The model in the Hugging Face format with its tokenizer (our decoder: the Llama layout)."""
-    from trainlab.model.decoder import Decoder
-    from trainlab.model.hf import HFCausalLM
+def evaluation_fn(spec: AlignMethod, cfg: AlignRunConfig, data: AlignmentData, ref: ReferenceSetup) -> Any:
+    """The trainer's ``eval_fn``: the method's evaluations on the evaluation data."""
+    beta, pad = spec.reward_beta(cfg.align), data.pad_id
 
-    if isinstance(model, Decoder):
-        return model.save_pretrained(out, tokenizer=tokenizer)
-    if isinstance(model, HFCausalLM):
-        if out.exists():
-            shutil.rmtree(out)
-        model.model.save_pretrained(str(out))
-        tokenizer.save_pretrained(str(out))
-        return out
-    raise TypeError(f"cannot save a {type(model).__name__}")
+    def eval_fn(m: nn.Module) -> dict[str, float]:
+        values: dict[str, float] = {}
+        if data.eval_examples is not None:
+            values.update(completion_loss(m, data.eval_examples, pad))
+        if data.eval_pairs is None:
+            return values
+        if "reward_accuracy" in spec.evaluations:
+            values.update(reward_accuracy(m, data.eval_pairs, beta=beta, reference_logps=ref.eval_logps, pad_id=pad))
+        if ref.model is not None:
+            values.update(completion_kl(m, ref.model, data.eval_pairs, pad_id=pad))
+        return values
+
+    return eval_fn
 
 
 # --------------------------------------------------------------------------------------------
@@ -260,20 +129,16 @@ class AlignRun:
     data: AlignmentData | None = None
 
 
-def _check_vocab(model: nn.Module, data: AlignmentData) -> None:
-    vocab = int(model.output_embedding().shape[0])  # type: ignore[operator]
-    ds = data.train
-    seqs = ds.prompts + (ds.chosen + ds.rejected if isinstance(ds, PreferenceDataset) else ds.completions)
-    top = max((max(s) for s in seqs if s), default=0)
-    if top >= vocab:
-        raise UserError(f"the tokenizer produces id {top}, but the model's vocabulary has {vocab} entries: "
-                        "use the tokenizer saved with the model")
-
-
 def run_alignment(method: str, cfg: AlignRunConfig, model_path: str | Path, out_dir: str | Path, *,
-                  resume: bool = False, quiet: bool = False, data: AlignmentData | None = None,
-                  evaluate_oracle: bool = True, save: bool = True, callbacks: list[Any] | None = None) -> AlignRun:
-    """Train ``method`` from the model in ``model_path`` into ``out_dir`` (see the module docstring)."""
+                  resume: ResumeMode = False, quiet: bool = False, data: AlignmentData | None = None,
+                  evaluate_oracle: bool = True, save: bool = True, callbacks: list[Any] | None = None,
+                  force: bool = False) -> AlignRun:
+    """Train ``method`` from the model in ``model_path`` into ``out_dir`` (see the module docstring).
+
+    ``resume``/``force`` as `Trainer.fit`: a checkpoint of another input model, reference model or
+    training set is refused unless ``force``. The checkpoint is released once the model is saved.
+    """
+    spec = get_method(method)
     t_start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -281,77 +146,56 @@ def run_alignment(method: str, cfg: AlignRunConfig, model_path: str | Path, out_
     seed_everything(cfg.train.seed)
     model, tokenizer = load_policy(model_path, device)
     apply_checkpointing(model, cfg.model.checkpointing, cfg.model.checkpoint_every)
+    dropouts = disable_dropout(model) if cfg.align.disable_dropout else 0
     if data is None:
-        data = build_alignment_data(method, cfg, tokenizer)
-    _check_vocab(model, data)
+        data = build_alignment_data(method, cfg, tokenizer, max_positions=max_positions(model))
+    check_vocab(model, data)
     pad = data.pad_id
-    a = cfg.align
-    needs_ref = method in ("dpo", "kto")
-    want_kl = a.eval_kl and data.eval_pairs is not None
-    initial = FrozenReference(model, chunk_size=a.chunk_size) if (want_kl or (needs_ref and a.reference == "frozen")) \
-        else None
-    reference_info: dict[str, Any] = {"mode": a.reference if needs_ref else "none"}
-    eval_ref_logps = None
-    if needs_ref and a.reference == "frozen":
-        data.train.ref_logps = None  # the frozen model scores every batch; never stale cached values
     # a coarse sampling interval: the sampler thread must not compete with small training steps
     with PeakMemory(device, interval_s=0.02) as mem:
-        if needs_ref and a.reference == "cached":
-            values, info = reference_logps(model, data.train, collate_for(method, pad),
-                                           kind="unpaired" if method == "kto" else "preference",
-                                           # no graph is kept: a wide batch is cheaper per pair
-                                           batch_size=max(4 * cfg.train.batch_size, 64), chunk_size=a.chunk_size,
-                                           precision=cfg.train.precision,
-                                           device=device)
-            data.train.set_reference_logps(values)
-            reference_info.update(info)
-        if data.eval_pairs is not None and method in ("dpo", "kto"):
-            eval_ref_logps = pair_logps(model, data.eval_pairs, pad_id=pad)[0]
-        objective = build_objective(method, cfg, initial if (needs_ref and a.reference == "frozen") else None)
-        batcher = StepBatcher(data.train, cfg.train.batch_size, cfg.train.grad_accum, collate_for(method, pad),
+        ref = prepare_reference(spec, cfg, model, tokenizer, data, device)
+        objective = spec.objective(cfg.align, ref.frozen)
+        batcher = StepBatcher(data.train, cfg.train.batch_size, cfg.train.grad_accum, spec.collate(pad),
                               cfg.train.seed)
-        beta = _reward_beta(method, cfg)
-        first = collate_for(method, pad)([data.train[i] for i in range(min(len(data.train), cfg.train.batch_size))])
+        first = spec.collate(pad)([data.train[i] for i in range(min(len(data.train), cfg.train.batch_size))])
         first = {k: v.to(device) for k, v in first.items()}
         model.train()
         with autocast_context(device, cfg.train.precision):
             memory = training_memory(model, lambda: objective(model, first),
-                                     frozen_copies=[initial.model] if (needs_ref and a.reference == "frozen" and
-                                                                       initial is not None) else [])
-
-        def eval_fn(m: nn.Module) -> dict[str, float]:
-            values: dict[str, float] = {}
-            if data.eval_pairs is None:
-                return values
-            values.update(reward_accuracy(m, data.eval_pairs, beta=beta, reference_logps=eval_ref_logps, pad_id=pad))
-            if want_kl and initial is not None:
-                values.update(completion_kl(m, initial.model, data.eval_pairs, pad_id=pad))
-            return values
-
+                                     frozen_copies=[ref.frozen.model] if ref.frozen is not None else [])
         run_config = dump_config(cfg) | {"method": method, "model_in": str(model_path), "data_info": data.info}
-        trainer = Trainer(model, objective, batcher, cfg.train, out, eval_fn=eval_fn, run_config=run_config,
-                          quiet=quiet, callbacks=callbacks, optimizer=alignment_optimizer(model, cfg))
-        result = trainer.fit(resume=resume)
+        identity = {"model": folder_fingerprint(model_path), "data": data.train.fingerprint()}
+        if cfg.align.ref_model:
+            identity["ref_model"] = folder_fingerprint(cfg.align.ref_model)
+        trainer = Trainer(model, objective, batcher, cfg.train, out, eval_fn=evaluation_fn(spec, cfg, data, ref),
+                          run_config=run_config, quiet=quiet, callbacks=callbacks, identity=identity)
+        result = trainer.fit(resume=resume, force=force)
     policy = trainer.model
-    model_dir = save_model(policy, tokenizer, out / "model") if save else None
+    save_dtype = save_dtype_for(cfg, model_path)
+    model_dir = save_model(policy, tokenizer, out / "model", dtype=save_dtype) if save else None
+    if save:
+        trainer.release_checkpoint()
     wall = time.perf_counter() - t_start  # the whole stage, judging on held-out prompts aside
     accuracy = None
     if evaluate_oracle and data.eval_records:
         accuracy = oracle_accuracy(policy, tokenizer, data.eval_records).to_dict()
-    units = result.count
     summary: dict[str, Any] = {
         "method": method,
         "model_in": str(model_path),
         "model_dir": str(model_dir) if model_dir else None,
+        "defaults": defaults_profile(model_path),
+        "save_dtype": str(save_dtype).removeprefix("torch."),
+        "dropout_disabled": dropouts,
         "steps": result.steps,
-        "units_seen": units,
-        "unit": "tokens" if method == "sft" else "examples" if method == "kto" else "pairs",
+        "resumed_from": result.resumed_from,
+        "units_seen": result.count,
+        "unit": spec.unit,
         "final_loss": result.final_loss,
         "train_time_s": result.train_time_s,
         "wall_time_s": wall,
         # the compute the method needs: optimizer steps plus the one-off reference pass
-        "cost_s": result.train_time_s + float(reference_info.get("seconds", 0.0)),
-        "reference": reference_info,
+        "cost_s": result.train_time_s + float(ref.info.get("seconds", 0.0)),
+        "reference": ref.info,
         "peak_memory": mem.result(),
         "memory": memory,
         "device": str(device),
@@ -435,6 +279,7 @@ def run_eval(model_path: str | Path, cfg: AlignRunConfig, *, reference: str | Pa
     """``trainlab eval``: oracle accuracy on held-out task prompts, and with pairs (embedded or
     ``data``) implicit-reward accuracy; with ``reference`` also KL(model ‖ reference); with
     ``against`` the oracle win rate of the model over that one."""
+    get_method(method)  # an unknown method is an error, not silently dpo
     device = resolve_device(cfg.train.device)
     model, tokenizer = load_policy(model_path, device)
     if data is not None:  # the user's pairs are all for judging: hold none out
@@ -448,7 +293,7 @@ def run_eval(model_path: str | Path, cfg: AlignRunConfig, *, reference: str | Pa
     ref_model = load_policy(reference, device)[0] if reference is not None else None
     if pairs is not None and len(pairs):
         ref_logps = pair_logps(ref_model, pairs, pad_id=aligned.pad_id)[0] if ref_model is not None else None
-        beta = _reward_beta(method, cfg)
+        beta = get_method(method).reward_beta(cfg.align)
         out["pairs"] = reward_accuracy(model, pairs, beta=beta, reference_logps=ref_logps, pad_id=aligned.pad_id)
         if ref_model is not None:
             out["pairs"].update(completion_kl(model, ref_model, pairs, pad_id=aligned.pad_id))
