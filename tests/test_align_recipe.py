@@ -163,7 +163,8 @@ def test_pure_dpo_run_has_no_nll_term_and_dropout_is_off(gpt2_dir: Path, pairs_f
     assert any(isinstance(m, nn.Dropout) and m.p > 0 for m in before.modules())  # GPT-2's config: 0.1
     run = run_alignment("dpo", _cfg("dpo", gpt2_dir, pairs_file), gpt2_dir, tmp_path / "dpo", quiet=True)
     assert "nll_loss" not in run.summary["history"][-1]
-    assert run.summary["dropout_disabled"] > 0 and run.summary["defaults"] == "trl"
+    assert run.summary["dropout_disabled"].get("resid_pdrop") == pytest.approx(0.1)
+    assert run.summary["defaults"] == "trl"
     drops = [m for m in run.model.modules() if isinstance(m, nn.Dropout)]
     assert drops and all(m.p == 0.0 for m in drops)
     run.model.train()

@@ -45,17 +45,10 @@ from trainlab.align.reference import FrozenReference
 from trainlab.config import dump_config
 from trainlab.data.datasets import collate_padded
 from trainlab.memory.measure import PeakMemory, training_memory
-from trainlab.model.protocol import apply_checkpointing
+from trainlab.model.protocol import apply_checkpointing, disable_dropout
+from trainlab.model.saving import resolve_save_dtype, save_model
 from trainlab.recipes.align_data import AlignmentData, build_alignment_data, check_vocab, describe_data
-from trainlab.recipes.align_model import (
-    ReferenceSetup,
-    disable_dropout,
-    load_policy,
-    max_positions,
-    prepare_reference,
-    save_dtype_for,
-    save_model,
-)
+from trainlab.recipes.align_model import ReferenceSetup, load_policy, max_positions, prepare_reference
 from trainlab.recipes.methods import AlignMethod, get_method
 from trainlab.train.amp import autocast_context
 from trainlab.train.checkpoint import ResumeMode, folder_fingerprint
@@ -141,15 +134,15 @@ def run_alignment(method: str, cfg: AlignRunConfig, model_path: str | Path, out_
     spec = get_method(method)
     t_start = time.perf_counter()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.train.device)
     seed_everything(cfg.train.seed)
     model, tokenizer = load_policy(model_path, device)
     apply_checkpointing(model, cfg.model.checkpointing, cfg.model.checkpoint_every)
-    dropouts = disable_dropout(model) if cfg.align.disable_dropout else 0
+    dropouts = disable_dropout(model) if cfg.align.disable_dropout else {}
     if data is None:
         data = build_alignment_data(method, cfg, tokenizer, max_positions=max_positions(model))
     check_vocab(model, data)
+    out.mkdir(parents=True, exist_ok=True)  # only once model and data are known good: bad input writes nothing
     pad = data.pad_id
     # a coarse sampling interval: the sampler thread must not compete with small training steps
     with PeakMemory(device, interval_s=0.02) as mem:
@@ -171,8 +164,8 @@ def run_alignment(method: str, cfg: AlignRunConfig, model_path: str | Path, out_
                           run_config=run_config, quiet=quiet, callbacks=callbacks, identity=identity)
         result = trainer.fit(resume=resume, force=force)
     policy = trainer.model
-    save_dtype = save_dtype_for(cfg, model_path)
-    model_dir = save_model(policy, tokenizer, out / "model", dtype=save_dtype) if save else None
+    save_dtype = resolve_save_dtype(policy, cfg.align.save_dtype)
+    model_dir = save_model(policy, out / "model", tokenizer, save_dtype=save_dtype) if save else None
     if save:
         trainer.release_checkpoint()
     wall = time.perf_counter() - t_start  # the whole stage, judging on held-out prompts aside

@@ -1,19 +1,17 @@
-"""The models of an alignment run: the policy and its tokenizer, the reference π_ref, saving.
+"""The models of an alignment run: the policy and its tokenizer, and the reference π_ref.
 
 * `load_policy`: our decoder or any local transformers causal LM, with its tokenizer (pad = eos
-  when it has none); `disable_dropout` as TRL's ``disable_dropout``;
+  when it has none);
 * `prepare_reference`: π_ref for methods that have one (`AlignMethod.reference`): the starting
   policy or ``align.ref_model`` (another folder with the same tokenizer), its log-probs cached
-  before training or a frozen copy scoring every batch, and the reference kept for KL evaluation;
-* `save_model`: the Hugging Face folder, in the input model's dtype unless ``align.save_dtype``
-  says otherwise (a bf16 model stays bf16 on disk; training itself runs on fp32 master weights).
+  before training or a frozen copy scoring every batch, and the reference kept for KL evaluation.
+
+Saving is `trainlab.model.save_model` (the input model's dtype unless ``align.save_dtype`` says
+otherwise), dropout `trainlab.model.disable_dropout` (TRL's ``disable_dropout``).
 """
 
 from __future__ import annotations
 
-import copy
-import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ from trainlab.align.evaluate import pair_logps
 from trainlab.align.reference import FrozenReference, reference_logps
 from trainlab.data.tokenizer import load_tokenizer
 from trainlab.errors import UserError
-from trainlab.model.protocol import load_model
+from trainlab.model.protocol import disable_dropout, load_model
 from trainlab.recipes.align_data import AlignmentData, check_vocab
 from trainlab.recipes.methods import AlignMethod
 from trainlab.train.amp import autocast_context
@@ -44,20 +42,6 @@ def load_policy(path: str | Path, device: torch.device | str = "cpu") -> tuple[n
             raise
     # the tokenizer is used (and saved) as it is: no pad token is invented (batches pad with eos)
     return model.to(device), tokenizer  # type: ignore[attr-defined]
-
-
-def disable_dropout(model: nn.Module) -> int:
-    """Every dropout of ``model`` to p = 0, as TRL's ``disable_dropout_in_model`` (plus the float
-    ``attention_dropout`` Llama-family attention reads); the saved config is unchanged. Returns
-    how many were on."""
-    n = 0
-    for module in model.modules():
-        if isinstance(module, nn.Dropout) and module.p > 0:
-            module.p, n = 0.0, n + 1
-        value = getattr(module, "attention_dropout", None)
-        if isinstance(value, float) and value > 0:
-            module.attention_dropout, n = 0.0, n + 1  # type: ignore[assignment]
-    return n
 
 
 def max_positions(model: nn.Module) -> int | None:
@@ -131,65 +115,3 @@ def prepare_reference(spec: AlignMethod, cfg: AlignRunConfig, model: nn.Module, 
             eval_logps = pair_logps(scorer, data.eval_pairs, pad_id=data.pad_id)[0]
     return ReferenceSetup(frozen if spec.reference and a.reference == "frozen" else None,
                           frozen.model if (frozen is not None and want_kl) else None, eval_logps, info)
-
-
-_SAVE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def stored_dtype(model_dir: str | Path) -> torch.dtype:
-    """The floating dtype a model folder's ``config.json`` declares (``dtype`` / ``torch_dtype``); fp32 if none."""
-    path = Path(model_dir) / "config.json"
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except (OSError, ValueError):
-        cfg = {}
-    value = getattr(torch, str(cfg.get("dtype", cfg.get("torch_dtype")) or "float32"), None)
-    return value if isinstance(value, torch.dtype) and value.is_floating_point else torch.float32
-
-
-def save_dtype_for(cfg: AlignRunConfig, model_path: str | Path) -> torch.dtype:
-    """``align.save_dtype``, with ``auto`` the dtype the input model was stored in."""
-    name = cfg.align.save_dtype
-    return stored_dtype(model_path) if name == "auto" else _SAVE_DTYPES[name]
-
-
-def _cast_state(state: dict[str, Tensor], dtype: torch.dtype) -> dict[str, Tensor]:
-    """``state`` in ``dtype``, tensors that shared storage (tied weights) still shared."""
-    cast: dict[tuple[int, tuple[int, ...], tuple[int, ...]], Tensor] = {}
-    out = {}
-    for name, t in state.items():
-        if not t.is_floating_point() or t.dtype == dtype:
-            out[name] = t
-            continue
-        key = (t.data_ptr(), tuple(t.shape), tuple(t.stride()))
-        out[name] = cast.setdefault(key, t.detach().to(dtype))
-    return out
-
-
-def save_model(model: nn.Module, tokenizer: Any, out: Path, *, dtype: torch.dtype | None = None) -> Path:
-    """The model in the Hugging Face format with its tokenizer (our decoder: the Llama layout),
-    its weights in ``dtype`` (None: as they are); the model in memory is not changed."""
-    from trainlab.model.decoder import Decoder
-    from trainlab.model.hf import HFCausalLM
-
-    if isinstance(model, Decoder):
-        current = next(model.parameters()).dtype
-        if dtype is None or dtype == current:
-            return model.save_pretrained(out, tokenizer=tokenizer)
-        return copy.deepcopy(model).to(dtype).save_pretrained(out, tokenizer=tokenizer)
-    if isinstance(model, HFCausalLM):
-        if out.exists():
-            shutil.rmtree(out)
-        hf = model.model
-        if dtype is None or dtype == hf.dtype:
-            hf.save_pretrained(str(out))
-        else:
-            hf.save_pretrained(str(out), state_dict=_cast_state(hf.state_dict(), dtype))
-            config_path = out / "config.json"
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-            config["dtype"] = str(dtype).removeprefix("torch.")
-            config.pop("torch_dtype", None)
-            config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        tokenizer.save_pretrained(str(out))
-        return out
-    raise TypeError(f"cannot save a {type(model).__name__}")
