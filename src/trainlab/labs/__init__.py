@@ -1,7 +1,9 @@
 """The lab registry and runner.
 
 A lab is a function ``run(ctx: LabContext) -> LabResult``: it configures components, measures,
-writes its plots into ``ctx.out_dir`` and returns a typed result. ``run_labs`` runs several, keeps
+writes its plots into ``ctx.out_dir`` and returns a typed result. What every lab shares (presets that
+fail on unknown names, parts, CPU thread pinning, claims tables, run-folder slugs) is in
+`trainlab.labs.common`. ``run_labs`` runs several, keeps
 going when one fails (recording the failure), and rewrites the report after every lab so an
 interrupted suite still leaves a readable report of what finished.
 """
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from trainlab.env import EnvInfo, detect_env
 from trainlab.errors import UserError
+from trainlab.labs.common import resolve_preset
 from trainlab.results import LabResult, SuiteResult
 
 
@@ -60,7 +63,8 @@ LABS: dict[str, LabSpec] = {
                 "trainlab.labs.lab14"),
         LabSpec("lab15", "Lab 1.5: FlashAttention, from the tiled algorithm to a fast Triton kernel", "000, 003",
                 "exactness vs fp64, time and memory over sequence length, FA1 vs FA2 loop order, long-sequence "
-                "training under a memory cap, profiler breakdown, packed vs padded batches",
+                "training under a memory cap (flash, checkpointing and both, each measured), profiler breakdown, "
+                "packed vs padded batches",
                 "trainlab.labs.lab15"),
         LabSpec("lab17", "Lab 1.7: DPO after SFT, its variants and a β sweep", "000, 001, 003",
                 "oracle accuracy base/SFT/DPO per task, DPO curves (loss, reward accuracy, margins, KL), win rate "
@@ -103,8 +107,7 @@ def run_labs(
     from trainlab.report import write_report
     from trainlab.train.device import resolve_device
 
-    if preset not in PRESETS:
-        raise UserError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    resolve_preset(dict.fromkeys(PRESETS), preset)  # an unknown preset is a UserError, before any lab runs
     lab_names = resolve_lab_names(names)
     dev = str(resolve_device(device))
     env = detect_env()
