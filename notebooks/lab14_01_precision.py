@@ -61,7 +61,10 @@ lab14.show(part)
 
 # %% [markdown]
 # What to look for: the three loss curves should lie on top of each other (16-bit autocast with
-# fp32 master weights does not change what is learned); on a CPU without native bf16/fp16 matmul,
-# the 16-bit runs are *slower*, and the memory saving is only the activations' share of the peak.
+# fp32 master weights does not change what is learned). Whether 16-bit is faster depends on the
+# device *and* the matrix size: the matmul table times bf16 and fp16 against fp32 at a small and a
+# large size, and the speed claim's "why" explains the runs from those numbers (on CPUs with
+# AVX512-BF16/AMX, large bf16 matmuls are fast while the lab's width-64 ones are slower than fp32).
+# The memory saving is only the activations' share of the peak.
 # The loss scale halves at every injected overflow, the step is skipped, and the trace is identical
 # to `torch.amp.GradScaler`'s.

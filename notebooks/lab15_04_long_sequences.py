@@ -15,11 +15,13 @@
 # %% [markdown]
 # # Lab 1.5 · 04 — Training at long sequence lengths
 #
-# The decoder trained one step at a time at growing lengths, twice: with naive attention (it keeps
-# the `N×N` probabilities of every head for the backward), and with flash attention + activation
-# checkpointing (+ bf16 where the device has native bf16). Both run under the same memory cap; a
-# step that passes it raises out-of-memory, which is recorded (on CPU by exact accounting of tensor
-# storages, on CUDA by the allocator), and longer lengths are not attempted.
+# The decoder trained one step at a time at growing lengths: with naive attention (it keeps the
+# `N×N` probabilities of every head for the backward), naive attention + activation checkpointing,
+# flash attention alone, flash attention + checkpointing, and (where the device has native bf16)
+# flash + checkpointing + bf16. All run under the same memory cap; a step that passes it raises
+# out-of-memory, which is recorded (on CPU by exact accounting of tensor storages, on CUDA by the
+# allocator), and longer lengths are not attempted. Table 4b says what each factor bought on its
+# own: the longest length it trained, and its peak-memory saving over naive attention.
 #
 # A thin view over `trainlab.labs.lab15`; `TRAINLAB_NOTEBOOK_PRESET=quick` for 1K-8K tokens.
 
