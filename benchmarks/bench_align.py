@@ -108,7 +108,7 @@ def pairs(n: int, tok: Any = None, prompt_tokens: int = 0, completion_tokens: in
     context of about that many tokens before the question and a continuation after each answer
     (different text for chosen and rejected, the same length)."""
     from trainlab.align.config import AlignDataConfig
-    from trainlab.align.data import embedded_alignment_data
+    from trainlab.align.records import embedded_alignment_data
     from trainlab.data.corpus import generate_corpus
 
     data = embedded_alignment_data(AlignDataConfig(n_train=n, tasks=["compare", "sort", "reverse", "count"],
@@ -210,7 +210,7 @@ def worker(case: str, model_dir: Path, n_steps: int, batch: int, beta: float, de
         t0 = time.perf_counter()
         if lib == "trainlab":
             from trainlab.align.config import align_config
-            from trainlab.align.data import collate_preference
+            from trainlab.align.datasets import collate_preference
             from trainlab.recipes.align import build_alignment_data, build_objective, run_alignment
 
             overrides = [f"train.max_steps={n_steps}", f"train.batch_size={batch}", f"train.device={device_name}",

@@ -28,13 +28,8 @@ import tempfile
 from pathlib import Path
 
 from trainlab.align.config import align_config
-from trainlab.align.data import (
-    LengthPolicy,
-    PreferenceDataset,
-    collate_preference,
-    embedded_alignment_data,
-    load_records,
-)
+from trainlab.align.datasets import LengthPolicy, PreferenceDataset, collate_preference
+from trainlab.align.records import embedded_alignment_data, load_records
 from trainlab.data.tokenizer import embedded_tokenizer
 
 PRESET = os.environ.get("TRAINLAB_NOTEBOOK_PRESET", "quick")  # "tiny": the smoke test's setting
@@ -74,7 +69,7 @@ for issue in report.issues:
 
 # %%
 tok = embedded_tokenizer(cfg.data.vocab_size, cfg.data.seed)
-ds = PreferenceDataset(tok, data.pairs[:4], LengthPolicy(cfg.align.max_prompt_len, cfg.align.max_completion_len))
+ds = PreferenceDataset(tok, data.pairs[:4], LengthPolicy.from_config(cfg.align))
 batch = collate_preference([ds[i] for i in range(len(ds))], pad_id=tok.pad_token_id)
 print(batch["input_ids"].shape, "(rows 0..B-1 chosen, B..2B-1 rejected)")
 row = batch["input_ids"][0].tolist()

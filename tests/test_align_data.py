@@ -13,16 +13,14 @@ import pytest
 import torch
 
 from trainlab.align.config import AlignDataConfig, align_config
-from trainlab.align.data import (
-    CompletionDataset,
+from trainlab.align.datasets import LengthPolicy, PreferenceDataset, SFTDataset, collate_preference
+from trainlab.align.records import (
     CompletionRecord,
-    LengthPolicy,
-    PreferenceDataset,
     PreferenceRecord,
-    collate_preference,
     embedded_alignment_data,
     load_records,
     render_conversation,
+    use_chat_template,
 )
 from trainlab.data.tasks import score
 from trainlab.data.tokenizer import train_tokenizer
@@ -103,64 +101,73 @@ def test_conversational_records(tok) -> None:  # type: ignore[no-untyped-def]
     user = [{"role": "user", "content": "2+2?"}]
     row = {"prompt": user, "chosen": [{"role": "assistant", "content": "4"}],
            "rejected": [{"role": "assistant", "content": "5"}]}
-    # built-in template when the tokenizer has none
-    rec = load_records([row], "preference", tokenizer=tok).records[0]
-    assert rec.prompt == "<|user|>\n2+2?\n<|assistant|>\n" and (rec.chosen, rec.rejected) == ("4", "5")
-    # implicit prompt: the shared leading messages
-    implicit = {"chosen": user + row["chosen"], "rejected": user + row["rejected"]}
-    assert load_records([implicit], "preference", tokenizer=tok).records[0] == PreferenceRecord(
-        rec.prompt, "4", "5", "dataset[row 0]")
-    # the tokenizer's chat template when it has one
-    tok.chat_template = ("{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}"
-                         "{% if add_generation_prompt %}[assistant] {% endif %}")
+    # no chat template: an error that names the fix (never a silent built-in template)
+    with pytest.raises(UserError, match=r"need a chat template .* align_data\.chat_template=FILE .*builtin"):
+        load_records([row], "preference", tokenizer=tok)
     try:
+        use_chat_template(tok, "builtin")  # set on the tokenizer: saved with the model
+        rec = load_records([row], "preference", tokenizer=tok).records[0]
+        assert rec.prompt == "<|user|>\n2+2?\n<|assistant|>\n"
+        assert (rec.chosen, rec.rejected) == ("4<eos>\n", "5<eos>\n")
+        assert rec.chat
+        # implicit prompt: the shared leading messages
+        implicit = {"chosen": user + row["chosen"], "rejected": user + row["rejected"]}
+        assert load_records([implicit], "preference", tokenizer=tok).records[0] == PreferenceRecord(
+            rec.prompt, rec.chosen, rec.rejected, "dataset[row 0]", chat=True)
+        # the tokenizer's own chat template
+        tok.chat_template = ("{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}"
+                             "{% if add_generation_prompt %}[assistant] {% endif %}")
         p, c = render_conversation(tok, user, row["chosen"])
         assert (p, c) == ("[user] 2+2?\n[assistant] ", "4\n")
-        sft = load_records([{"messages": user + row["chosen"]}], "sft", tokenizer=tok).records[0]
+        sft = load_records([{"prompt": user, "completion": row["chosen"]}], "sft", tokenizer=tok).records[0]
         assert (sft.prompt, sft.completion) == (p, c)
+        bad = {"prompt": user, "chosen": [{"role": "assistant"}], "rejected": row["rejected"]}
+        report = load_records([bad, row], "preference", tokenizer=tok)
+        assert "chosen[0]: message has no 'content'" in str(report.issues[0])
+        mixed = {"prompt": "2+2?", "chosen": "4", "rejected": row["rejected"]}
+        assert "mix plain text and messages" in str(load_records([mixed, row], "preference", tokenizer=tok).issues[0])
     finally:
         tok.chat_template = None
-    bad = {"prompt": user, "chosen": [{"role": "assistant"}], "rejected": row["rejected"]}
-    report = load_records([bad, row], "preference", tokenizer=tok)
-    assert "chosen[0]: message has no 'content'" in str(report.issues[0])
-    mixed = {"prompt": "2+2?", "chosen": row["chosen"], "rejected": "5"}
-    assert "mix plain text and messages" in str(load_records([mixed, row], "preference", tokenizer=tok).issues[0])
 
 
 def test_unpaired_records() -> None:
     rows = [{"prompt": "1+1=", "completion": "2", "label": True}, {"prompt": "1+1=", "completion": "3", "label": 0},
-            GOOD_1]
+            GOOD_1, GOOD_2]
     report = load_records(rows, "unpaired")
     assert report.skipped == 1 and "expected true or false under 'label'" in str(report.issues[0])
-    assert [(r.completion, r.label) for r in report.records] == [("2", True), ("15", True), ("16", False)]
+    # pairs are unpaired as TRL's unpair_preference_dataset: every chosen, then every rejected
+    assert [(r.completion, r.label) for r in report.records] == [("2", True), ("15", True), ("1 2 3", True),
+                                                                 ("16", False), ("3 2 1", False)]
 
 
 def test_token_boundary_eos_and_truncation(tok) -> None:  # type: ignore[no-untyped-def]
     prompt, chosen, rejected = "the cat sat on the", " mat", " cat sat"
-    ds = PreferenceDataset(tok, [PreferenceRecord(prompt, chosen, rejected)], LengthPolicy(64, 32))
-    enc = tok.backend_tokenizer
-    p_ids = enc.encode(prompt, add_special_tokens=False).ids
-    c_ids = enc.encode(chosen, add_special_tokens=False).ids
-    # prompt and completion tokenized separately: no merge across the boundary, eos appended
-    assert ds.prompts[0] == [tok.bos_token_id, *p_ids]
-    assert ds.chosen[0] == [*c_ids, tok.eos_token_id]
+    ds = PreferenceDataset(tok, [PreferenceRecord(prompt, chosen, rejected)])
+    p_ids = tok(prompt)["input_ids"]
+    assert p_ids[0] == tok.bos_token_id  # trainlab's tokenizer adds its <bos> itself
+    # the completion is what tokenizing prompt+completion adds after the prompt's ids (TRL), eos appended
+    assert ds.prompts[0] == p_ids
+    assert ds.chosen[0] == [*tok(prompt + chosen)["input_ids"][len(p_ids):], tok.eos_token_id]
     batch = collate_preference([ds[0]], pad_id=tok.pad_token_id)
     assert batch["input_ids"].shape[0] == 2  # chosen row, then rejected row, one forward
     sup = batch["labels"][0][batch["labels"][0] != -100].tolist()
     assert sup == ds.chosen[0]
-    # policy: prompt from the left, completion from the right (eos lost when cut), drop when empty
+    # keep_start: the completion is cut from the end (eos lost, counted), a prompt filling max_length drops
     long = PreferenceRecord("sort 3 1 2=" * 4, "1 2 3 1 2 3", "3 2 1")
-    cut = PreferenceDataset(tok, [long], LengthPolicy(max_prompt_len=5, max_completion_len=3))
-    full_p = enc.encode(long.prompt, add_special_tokens=False).ids
-    assert cut.prompts[0] == [tok.bos_token_id, *full_p[-5:]]
-    assert cut.chosen[0] == enc.encode(long.chosen, add_special_tokens=False).ids[:3]
-    assert tok.eos_token_id not in cut.chosen[0] and cut.truncated == 1
-    dropped = PreferenceDataset(tok, [long, PreferenceRecord("1+1=", "2", "3")],
-                                LengthPolicy(max_prompt_len=64, max_completion_len=8, max_len=12))
+    n_p = len(tok(long.prompt)["input_ids"])
+    cut = PreferenceDataset(tok, [long], LengthPolicy(max_length=n_p + 3))
+    assert cut.prompts[0] == tok(long.prompt)["input_ids"] and len(cut.chosen[0]) == 3
+    assert tok.eos_token_id not in cut.chosen[0] and cut.truncated == 1 and cut.dropped == 0
+    assert cut.stats()["truncated"] == 1 and cut.stats()["max_length"] == n_p + 3
+    # the optional prompt/completion caps (older TRL's max_prompt_length): prompt keeps its last tokens
+    caps = PreferenceDataset(tok, [long], LengthPolicy(max_prompt_length=5, max_completion_length=3))
+    assert caps.prompts[0] == tok(long.prompt)["input_ids"][-5:] and len(caps.chosen[0]) == 3
+    dropped = PreferenceDataset(tok, [long, PreferenceRecord("1+1=", "2", "3")], LengthPolicy(max_length=n_p))
     assert dropped.dropped == 1 and len(dropped) == 1 and dropped.kept_indices == [1]
-    sft = CompletionDataset(tok, [CompletionRecord("12+35=", "47")], LengthPolicy())
+    sft = SFTDataset(tok, [CompletionRecord("12+35=", "47")])
     item = sft[0]
-    assert item["labels"][: len(sft.prompts[0])].eq(-100).all()
+    n_prompt = len(tok("12+35=")["input_ids"])
+    assert item["labels"][:n_prompt].eq(-100).all() and item["labels"][n_prompt:].ne(-100).all()
     assert item["labels"][-1] == tok.eos_token_id
 
 

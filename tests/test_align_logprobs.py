@@ -6,7 +6,7 @@ import pytest
 import torch
 from _tiny import tiny_decoder
 
-from trainlab.align.data import collate_preference
+from trainlab.align.datasets import collate_preference
 from trainlab.align.logprobs import chunked_token_logprobs, sequence_logps, token_logprobs
 from trainlab.align.losses import log1mexp
 

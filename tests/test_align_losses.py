@@ -16,7 +16,7 @@ import pytest
 import torch
 from _tiny import tiny_decoder
 
-from trainlab.align.data import collate_preference, collate_unpaired
+from trainlab.align.datasets import collate_preference, collate_unpaired
 from trainlab.align.objectives import DPOObjective, KTOObjective, ORPOObjective, SimPOObjective
 from trainlab.model.hf import HFCausalLM
 from trainlab.train.loop import accumulate_gradients

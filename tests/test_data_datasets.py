@@ -1,4 +1,4 @@
-"""Token datasets: packing, the SFT prompt/completion boundary in token space, truncation, collation."""
+"""Token datasets: packing, documents as the tokenizer encodes them, collation, generation prompts."""
 
 from __future__ import annotations
 
@@ -6,16 +6,16 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerFast
 
+from trainlab.align.datasets import SFTDataset
+from trainlab.align.records import CompletionRecord
 from trainlab.data.corpus import generate_corpus
 from trainlab.data.datasets import (
     IGNORE_INDEX,
     PackedLMDataset,
-    SFTDataset,
     collate_left_padded_prompts,
     collate_padded,
     tokenize_documents,
 )
-from trainlab.data.loaders import SFTRecord
 from trainlab.data.tasks import make_task_records
 from trainlab.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, train_tokenizer
 
@@ -57,54 +57,8 @@ def test_packing_cuts_full_windows_of_the_concatenation() -> None:
         PackedLMDataset([[1, 2, 3]], seq_len=5)
 
 
-def test_sft_labels_cover_exactly_completion_and_eos(tok: PreTrainedTokenizerFast) -> None:
-    records = [SFTRecord("12+35=", "47"), SFTRecord("The capital of Zorvia is", " Meltan."),
-               SFTRecord("Hello wor", "ld and more")]  # jointly, "world" might merge across the boundary
-    ds = SFTDataset(tok, records, max_len=64)
-    assert len(ds) == 3 and ds.dropped == 0 and ds.truncated == 0
-    for record, item in zip(records, ds, strict=True):
-        p, c = _ids(tok, record.prompt), _ids(tok, record.completion)
-        assert item["input_ids"].tolist() == [BOS_ID, *p, *c, EOS_ID]
-        assert item["labels"].tolist() == [IGNORE_INDEX] * (1 + len(p)) + [*c, EOS_ID]
-        assert item["attention_mask"].tolist() == [1] * (len(p) + len(c) + 2)
-        supervised = item["input_ids"][item["labels"] != IGNORE_INDEX].tolist()
-        assert tok.decode(supervised) == record.completion + "<eos>"
-
-
-def test_sft_truncation_prompt_left_completion_right(tok: PreTrainedTokenizerFast) -> None:
-    prompt = "sort 1 2 3 4 5 6 7 8 9 1 2 3 4 5 6 7 8 9="  # 38 tokens
-    completion = "1 1 2 2 3 3 4 4 5 5"  # 19 tokens
-    p, c = _ids(tok, prompt), _ids(tok, completion)
-    ds = SFTDataset(tok, [SFTRecord(prompt, completion)], max_len=21, max_prompt_len=8)
-    item = ds[0]
-    assert ds.truncated == 1 and ds.dropped == 0
-    # room for 20 after bos: prompt keeps its last 8 tokens, completion its first 12, no eos
-    assert item["input_ids"].tolist() == [BOS_ID, *p[-8:], *c[:12]]
-    assert item["labels"].tolist() == [IGNORE_INDEX] * 9 + c[:12]
-    assert EOS_ID not in item["labels"].tolist()
-
-
-def test_sft_prompt_only_gives_up_what_is_needed(tok: PreTrainedTokenizerFast) -> None:
-    prompt, completion = "1 2 3 4 5 6 7 8 9 1=", "5"  # 20 prompt tokens, 1 completion token
-    p = _ids(tok, prompt)
-    ds = SFTDataset(tok, [SFTRecord(prompt, completion)], max_len=20)
-    item = ds[0]
-    # room 19 = 17 prompt tokens + completion + eos (more than max_prompt_len=10 is kept)
-    assert item["input_ids"].tolist() == [BOS_ID, *p[-17:], *_ids(tok, completion), EOS_ID]
-    assert item["labels"].tolist()[-2:] == [*_ids(tok, completion), EOS_ID]
-
-
-def test_sft_drops_and_counts_records_without_completion_tokens(tok: PreTrainedTokenizerFast) -> None:
-    long_prompt = "Tom went to the park and saw a red ball near the tree."
-    records = [SFTRecord(long_prompt, "Yes."), SFTRecord("Hi", "Yes."), SFTRecord("Hi", "")]
-    ds = SFTDataset(tok, records, max_len=8, max_prompt_len=7)
-    assert len(ds) == 1 and ds.dropped == 2 and ds.kept_indices == [1]
-    hi = _ids(tok, "Hi")
-    assert ds[0]["input_ids"].tolist()[: 1 + len(hi)] == [BOS_ID, *hi]
-
-
 def test_collate_padded_pads_right(tok: PreTrainedTokenizerFast) -> None:
-    ds = SFTDataset(tok, [SFTRecord("1+1=", "2"), SFTRecord("The capital of Zorvia is", " Meltan.")], 64)
+    ds = SFTDataset(tok, [CompletionRecord("1+1=", "2"), CompletionRecord("The capital of Zorvia is", " Meltan.")])
     batch = collate_padded([ds[0], ds[1]], pad_id=PAD_ID)
     n0, n1 = len(ds[0]["input_ids"]), len(ds[1]["input_ids"])
     assert n0 < n1 and batch["input_ids"].shape == (2, n1)
@@ -125,5 +79,5 @@ def test_left_padded_prompts_for_generation(tok: PreTrainedTokenizerFast) -> Non
         pad = width - len(row)
         assert ids[i].tolist() == [PAD_ID] * pad + row
         assert mask[i].tolist() == [0] * pad + [1] * len(row)
-    no_bos, _ = collate_left_padded_prompts(tok, ["1+1="], add_bos=False)
+    no_bos, _ = collate_left_padded_prompts(tok, ["1+1="], add_special_tokens=False)
     assert no_bos[0].tolist() == _ids(tok, "1+1=")

@@ -17,7 +17,6 @@ from trainlab.data.embedded import (
     embedded_pretraining_texts,
     split_token_lists,
     task_documents,
-    task_sft_records,
     unigram_entropy_nats,
 )
 from trainlab.data.tasks import TASKS, make_task_records, problem_split, score
@@ -62,12 +61,6 @@ def test_task_documents_hold_correct_train_split_lines() -> None:
         record = by_prompt[prompt + "="]
         assert score(record, answer)
     assert {line.split(" ")[0] for line in lines} >= {"max", "sort", "reverse", "count"}
-
-
-def test_task_sft_records() -> None:
-    records = make_task_records(6, 0)
-    sft = task_sft_records(records)
-    assert [(s.prompt, s.completion) for s in sft] == [(r.prompt, r.answer) for r in records]
 
 
 def test_build_embedded_data_and_reuse_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:

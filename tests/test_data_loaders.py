@@ -1,4 +1,4 @@
-"""User data loaders: what they accept, and errors that name file:line and the key."""
+"""User data loaders and the one JSONL reader: what they accept, and errors that name file:line and the key."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from trainlab.data.loaders import SFTRecord, load_sft_records, load_text_documents
+from trainlab.data.loaders import JsonlRow, load_text_documents, read_jsonl
 from trainlab.errors import UserError
 
 
@@ -89,38 +89,27 @@ def test_invalid_utf8_names_the_line(tmp_path: Path) -> None:
         load_text_documents(f)
 
 
-def test_sft_records(tmp_path: Path) -> None:
-    f = _jsonl(tmp_path / "sft.jsonl", {"prompt": "12+35=", "completion": "47", "source": "x"},
-               {"prompt": "Q: hi\nA:", "completion": " hello"})
-    assert load_sft_records(f) == [SFTRecord("12+35=", "47"), SFTRecord("Q: hi\nA:", " hello")]
+def test_read_jsonl_bom_crlf_blank_lines_and_bad_lines(tmp_path: Path) -> None:
+    f = tmp_path / "d.jsonl"
+    f.write_bytes(b"\xef\xbb\xbf" + b'{"a": "1"}\r\n\r\n{"a": 2\r\n["x"]\r\n{"a": "3"}')  # BOM, CRLF, no final newline
+    rows = list(read_jsonl(f))
+    assert [r.line for r in rows] == [1, 3, 4, 5]
+    assert rows[0] == JsonlRow(f, 1, {"a": "1"}) and rows[3].value == {"a": "3"}
+    assert rows[1].value is None and rows[1].error is not None and rows[1].error.startswith("invalid JSON")
+    assert rows[2].error == "expected a JSON object, got list"
+    with pytest.raises(UserError, match=f"^{re.escape(str(f))}:3: invalid JSON"):
+        load_text_documents(f, text_key="a")
 
 
-@pytest.mark.parametrize(
-    ("line", "expected"),
-    [
-        ({"prompt": "p", "completion": 7}, "completion: expected a string under 'completion', got int"),
-        ({"prompt": ["p"], "completion": "c"}, "prompt: expected a string under 'prompt', got list"),
-        ({"prompt": "p"}, "completion: missing key 'completion' (keys present: 'prompt')"),
-        ({"prompt": "p", "completion": ""}, "completion: empty text under 'completion'"),
-        ({"messages": [{"role": "user", "content": "hi"}]}, "messages: chat-style 'messages' records"),
-        ('{"prompt": "p", "completion": "c"', "invalid JSON"),
-    ],
-)
-def test_malformed_sft_line_names_file_line_and_key(tmp_path: Path, line: object, expected: str) -> None:
-    f = _jsonl(tmp_path / "sft.jsonl", {"prompt": "a", "completion": "b"}, line)
-    with pytest.raises(UserError) as excinfo:
-        load_sft_records(f)
-    assert _message(excinfo).startswith(f"{f}:2: {expected}"), _message(excinfo)
+def test_read_jsonl_splits_on_newlines_only(tmp_path: Path) -> None:
+    # U+2028 / U+0085 are legal inside JSON strings; str.splitlines() would cut the record there
+    f = tmp_path / "u.jsonl"
+    f.write_text(json.dumps({"text": "a\u2028b\x85c"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert [r.value for r in read_jsonl(f)] == [{"text": "a\u2028b\x85c"}]
+    assert load_text_documents(f) == ["a\u2028b\x85c"]
 
 
-def test_sft_missing_and_empty(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match=r"sft\.jsonl: file or folder not found"):
-        load_sft_records(tmp_path / "sft.jsonl")
-    empty = tmp_path / "empty.jsonl"
-    empty.write_text("\n", encoding="utf-8")
-    with pytest.raises(UserError, match=r"empty\.jsonl: no prompt/completion records found"):
-        load_sft_records(empty)
-    txt = tmp_path / "sft.txt"
-    txt.write_text("prompt", encoding="utf-8")
-    with pytest.raises(UserError, match=r"unsupported file type '\.txt'; expected \.jsonl"):
-        load_sft_records(txt)
+def test_bom_does_not_lose_the_first_document(tmp_path: Path) -> None:
+    f = tmp_path / "bom.jsonl"
+    f.write_bytes("\ufeff".encode() + b'{"text": "one"}\n{"text": "two"}\n')
+    assert load_text_documents(f) == ["one", "two"]

@@ -54,7 +54,10 @@ def test_special_token_ids(tok: PreTrainedTokenizerFast) -> None:
     assert (tok.pad_token, tok.bos_token, tok.eos_token) == ("<pad>", "<bos>", "<eos>")
     assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == (PAD_ID, BOS_ID, EOS_ID) == (0, 1, 2)
     assert 300 < len(tok) <= 500
-    assert tok("Tom went home.")["input_ids"][0] not in (PAD_ID, BOS_ID, EOS_ID)  # no post-processor
+    text = "Tom went home."
+    bare = tok.encode(text, add_special_tokens=False)
+    assert bare[0] not in (PAD_ID, BOS_ID, EOS_ID)
+    assert tok(text)["input_ids"] == [BOS_ID, *bare]  # the tokenizer itself adds <bos> (its post-processor)
 
 
 @pytest.mark.parametrize("text", TEXTS)
@@ -117,7 +120,7 @@ def test_embedded_tokenizer_is_built_once_then_loaded(home: Path, monkeypatch: p
     monkeypatch.setattr(tokmod, "train_tokenizer", lambda *a, **k: pytest.fail("rebuilt a cached tokenizer"))
     second = embedded_tokenizer(400, 5)
     text = "The capital of Zorvia is Meltan. 12+35=47"
-    assert second.encode(text) == first.encode(text) and second.decode(second.encode(text)) == text
+    assert second.encode(text) == first.encode(text) and second.decode(second.encode(text), skip_special_tokens=True) == text
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no temporary folders left
 
 
@@ -144,4 +147,39 @@ def test_concurrent_builds_end_with_one_complete_tokenizer(home: Path, monkeypat
     assert len(calls) == 2
     folder = embedded_tokenizer_dir(400, 11)
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]
-    assert tok.decode(tok.encode("Tom saw a cow.")) == "Tom saw a cow."
+    assert tok.decode(tok.encode("Tom saw a cow."), skip_special_tokens=True) == "Tom saw a cow."
+
+
+def test_legacy_tokenizer_without_post_processor_gets_bos_on_load(tok: PreTrainedTokenizerFast,
+                                                                   tmp_path: Path) -> None:
+    """Folders saved before the <bos> post-processor existed (cached base models) still start with <bos>."""
+    out = save_tokenizer(tok, tmp_path / "old")
+    data = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
+    data["post_processor"] = None
+    (out / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
+    assert PreTrainedTokenizerFast.from_pretrained(str(out))("Tom")["input_ids"][0] != BOS_ID
+    assert load_tokenizer(out)("Tom")["input_ids"] == [BOS_ID, *tok.encode("Tom", add_special_tokens=False)]
+
+
+@pytest.mark.parametrize("style", ["gpt2", "llama", "qwen"])
+def test_saved_tokenizers_load_unchanged(style: str, tmp_path: Path) -> None:
+    """No bos or pad is invented for a saved tokenizer (a Qwen-style one has no bos: <|im_end|> must not become
+    one), its ids are what transformers gives, and saving it again writes the same config."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _hf_tiny import make_tokenizer
+
+    src = make_tokenizer(style)
+    src.save_pretrained(str(tmp_path / "a"))
+    loaded = load_tokenizer(tmp_path / "a")
+    ref = PreTrainedTokenizerFast.from_pretrained(str(tmp_path / "a"))
+    assert (loaded.bos_token, loaded.eos_token, loaded.pad_token) == (ref.bos_token, ref.eos_token, ref.pad_token)
+    assert loaded("What is 2+3?")["input_ids"] == ref("What is 2+3?")["input_ids"]
+    if style == "qwen":
+        assert loaded.bos_token is None and loaded.bos_token_id is None
+    loaded.save_pretrained(str(tmp_path / "b"))
+    ref.save_pretrained(str(tmp_path / "c"))  # what transformers itself writes for the same folder
+    for name in ("tokenizer_config.json", "tokenizer.json"):
+        assert (tmp_path / "b" / name).read_text(encoding="utf-8") == (tmp_path / "c" / name).read_text(encoding="utf-8")
+    assert "bos_token" not in json.loads((tmp_path / "b" / "tokenizer_config.json").read_text()) or style != "qwen"

@@ -1,8 +1,11 @@
 """trainlab.align: preference optimization through the one training loop.
 
-* ``data.py``: preference / unpaired / SFT records (JSONL or ``datasets``, plain or
-  conversational), validation with ``file:line`` reasons, tokenization with the prompt boundary in
-  token space, truncation policy, collates, and the embedded task data.
+* ``records.py``: every TRL dataset format (language modeling, prompt/completion, messages,
+  preference with explicit or implicit prompt, UltraFeedback, unpaired), read from JSONL or
+  ``datasets``, validated with ``file:line`` reasons, rendered with the chat template; the
+  embedded task data.
+* ``datasets.py``: records tokenized exactly as TRL 1.16 tokenizes them, the length policy
+  (TRL's truncation, counted), the preference / unpaired / SFT datasets and their collates.
 * ``logprobs.py``: per-sequence completion log-probs from hidden states and the output embedding,
   optionally chunked so ``[batch, seq, vocab]`` logits never exist.
 * ``losses.py``: DPO (sigmoid/cDPO, IPO, hinge, robust), ORPO, SimPO, KTO, one implementation each.
@@ -21,24 +24,30 @@ from trainlab.align.config import (
     align_config,
     method_defaults,
 )
-from trainlab.align.data import (
-    CompletionDataset,
-    CompletionRecord,
-    EmbeddedAlignmentData,
-    Issue,
+from trainlab.align.datasets import (
     LengthPolicy,
-    LoadReport,
     PreferenceDataset,
-    PreferenceRecord,
+    SFTDataset,
+    UnpairedDataset,
     collate_preference,
     collate_unpaired,
-    embedded_alignment_data,
-    load_records,
-    render_conversation,
 )
 from trainlab.align.logprobs import SequenceLogps, chunked_token_logprobs, sequence_logps, token_logprobs
 from trainlab.align.losses import LossOutput, dpo_losses, kto_losses, log1mexp, orpo_losses, simpo_losses
 from trainlab.align.objectives import DPOObjective, KTOObjective, ORPOObjective, SimPOObjective
+from trainlab.align.records import (
+    CompletionRecord,
+    EmbeddedAlignmentData,
+    Issue,
+    LoadReport,
+    PreferenceRecord,
+    TextRecord,
+    embedded_alignment_data,
+    load_records,
+    render_conversation,
+    unpair,
+    use_chat_template,
+)
 from trainlab.align.reference import FrozenReference, model_fingerprint, reference_logps
 
 __all__ = [
@@ -47,7 +56,6 @@ __all__ = [
     "AlignConfig",
     "AlignDataConfig",
     "AlignRunConfig",
-    "CompletionDataset",
     "CompletionRecord",
     "DPOObjective",
     "EmbeddedAlignmentData",
@@ -60,8 +68,11 @@ __all__ = [
     "ORPOObjective",
     "PreferenceDataset",
     "PreferenceRecord",
+    "SFTDataset",
     "SequenceLogps",
     "SimPOObjective",
+    "TextRecord",
+    "UnpairedDataset",
     "align_config",
     "chunked_token_logprobs",
     "collate_preference",
@@ -79,4 +90,6 @@ __all__ = [
     "sequence_logps",
     "simpo_losses",
     "token_logprobs",
+    "unpair",
+    "use_chat_template",
 ]

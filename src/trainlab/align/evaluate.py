@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from trainlab.align.data import PreferenceDataset, collate_preference
+from trainlab.align.datasets import PreferenceDataset, collate_preference
 from trainlab.align.logprobs import resolve_chunk, sequence_logps
 from trainlab.data.tasks import TaskRecord, score
 from trainlab.evaluation import TaskAccuracy, generate_completions, task_accuracy

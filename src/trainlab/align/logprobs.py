@@ -20,7 +20,7 @@ How it is computed, and why:
 * **fp32 log-softmax**, even under bf16/fp16 autocast: with tens of thousands of logits the
   normalizer needs more than bf16's 8 mantissa bits (see `trainlab.train.objectives`).
 * **One forward for both sides**: the preference collate stacks chosen and rejected rows in one
-  batch (`trainlab.align.data.collate_preference`), so weights are read once per step.
+  batch (`trainlab.align.datasets.collate_preference`), so weights are read once per step.
 
 The gradient of ``log p_y = z_y − logsumexp(z)`` with respect to the logits is ``onehot(y) − p``;
 with upstream gradients ``g`` the chunked backward forms ``G = g ⊙ (onehot − p)`` per chunk and

@@ -12,7 +12,7 @@ run's. They are per-pair means within a micro-batch (``logits/*``: per completio
 averages them over micro-batches weighted by the count.
 
 SFT needs no objective of its own: it is `trainlab.train.CausalLMObjective` on examples whose
-prompt labels are -100 (`trainlab.align.data.CompletionDataset`).
+prompt labels are -100 (`trainlab.align.datasets.SFTDataset`).
 """
 
 from __future__ import annotations

@@ -129,7 +129,7 @@ def reference_logps(model: nn.Module, dataset: Any, collate: Callable[[list[Any]
     """``[n, 2]`` reference log-probs for every example of ``dataset``, computed with ``model`` as it is now.
 
     ``kind="preference"``: columns (chosen, rejected) of a `PreferenceDataset`;
-    ``kind="unpaired"``: (completion, mismatched KL completion) of a KTO `CompletionDataset`.
+    ``kind="unpaired"``: (completion, mismatched KL completion) of a KTO `UnpairedDataset`.
     ``precision`` is the training run's (``train.precision``): the pass runs under the same autocast
     as the policy's forward. With ``cache`` the result is read from / written to
     `reference_cache_path` under `reference_cache_key`. Returns the tensor and a small record

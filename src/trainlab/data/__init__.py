@@ -3,15 +3,15 @@
 With no user data, everything a run needs is generated here: an English-like corpus
 (`generate_corpus`), arithmetic/list/word tasks with exact oracles (`TASKS`, `score`), a
 byte-level BPE trained on them (`embedded_tokenizer`, cached), and packed datasets
-(`build_pretraining_data`). User data enters through `load_text_documents` / `load_sft_records`,
-which raise `UserError` naming file, line and key for anything malformed.
+(`build_pretraining_data`). User documents enter through `load_text_documents` (and `read_jsonl`, the
+one JSONL reader), which name file, line and key for anything malformed; alignment and SFT records
+of every TRL format are read by `trainlab.align.records`.
 """
 
 from trainlab.data.corpus import DATA_VERSION, generate_corpus
 from trainlab.data.datasets import (
     IGNORE_INDEX,
     PackedLMDataset,
-    SFTDataset,
     collate_left_padded_prompts,
     collate_padded,
     flatten_token_lists,
@@ -24,10 +24,9 @@ from trainlab.data.embedded import (
     embedded_pretraining_texts,
     split_token_lists,
     task_documents,
-    task_sft_records,
     unigram_entropy_nats,
 )
-from trainlab.data.loaders import SFTRecord, load_sft_records, load_text_documents
+from trainlab.data.loaders import JsonlRow, load_text_documents, read_jsonl
 from trainlab.data.tasks import (
     TASKS,
     Task,
@@ -58,10 +57,9 @@ __all__ = [
     "PAD_ID",
     "SPECIAL_TOKENS",
     "TASKS",
+    "JsonlRow",
     "PackedLMDataset",
     "PretrainingData",
-    "SFTDataset",
-    "SFTRecord",
     "Task",
     "TaskRecord",
     "build_pretraining_data",
@@ -75,16 +73,15 @@ __all__ = [
     "flatten_token_lists",
     "generate_corpus",
     "get_task",
-    "load_sft_records",
     "load_text_documents",
     "load_tokenizer",
     "make_task_records",
     "problem_split",
+    "read_jsonl",
     "save_tokenizer",
     "score",
     "split_token_lists",
     "task_documents",
-    "task_sft_records",
     "tokenize_documents",
     "train_tokenizer",
     "unigram_entropy_nats",

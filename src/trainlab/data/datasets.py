@@ -1,4 +1,7 @@
-"""Token datasets and collators: packed pretraining windows, SFT examples, padded batches.
+"""Token datasets and collators: packed pretraining windows, padded batches, generation prompts.
+
+(Supervised fine-tuning data of every format goes through `trainlab.align.records` and
+`trainlab.align.datasets.SFTDataset`, the one SFT pipeline.)
 
 Batches follow docs/INTERFACES.md: dicts with ``input_ids``, ``attention_mask`` (1 = real token)
 and ``labels`` (-100 = ignored), all ``[B, T]`` and *aligned* with ``input_ids``; the objective
@@ -15,8 +18,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from trainlab.data.loaders import SFTRecord
-
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
@@ -24,11 +25,11 @@ IGNORE_INDEX = -100
 Example = dict[str, torch.Tensor]
 
 
-def _encode(tok: PreTrainedTokenizerFast, texts: Sequence[str]) -> list[list[int]]:
-    """Bare token ids (no special tokens), batched through the Rust tokenizer for speed."""
+def _encode(tok: PreTrainedTokenizerFast, texts: Sequence[str], *, special: bool = False) -> list[list[int]]:
+    """Token ids, batched; ``special``: with the special tokens the tokenizer itself adds (its bos)."""
     if not texts:
         return []
-    return [enc.ids for enc in tok.backend_tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+    return [list(ids) for ids in tok(list(texts), add_special_tokens=special)["input_ids"]]
 
 
 def _special_id(tok: PreTrainedTokenizerFast, attr: str) -> int:
@@ -46,9 +47,10 @@ def flatten_token_lists(token_lists: Sequence[Sequence[int]]) -> torch.Tensor:
 
 
 def tokenize_documents(tok: PreTrainedTokenizerFast, docs: Sequence[str]) -> list[list[int]]:
-    """``[bos] + ids + [eos]`` per document: the boundaries tell the model where texts start and end."""
-    bos, eos = _special_id(tok, "bos_token_id"), _special_id(tok, "eos_token_id")
-    return [[bos, *ids, eos] for ids in _encode(tok, docs)]
+    """Each document as the tokenizer encodes it (its own bos, if it adds one) + ``[eos]``: the
+    boundaries tell the model where texts start and end."""
+    eos = _special_id(tok, "eos_token_id")
+    return [[*ids, eos] for ids in _encode(tok, docs, special=True)]
 
 
 class PackedLMDataset(Dataset[Example]):
@@ -92,75 +94,6 @@ class PackedLMDataset(Dataset[Example]):
         return self.windows.numel()
 
 
-class SFTDataset(Dataset[Example]):
-    """Prompt/completion examples; only the completion (and eos) is supervised.
-
-    Prompt and completion are tokenized *separately* and their ids concatenated,
-    ``[bos] + prompt_ids + completion_ids + [eos]``, so the boundary is exact in token space: a
-    BPE merge can never straddle it and move a prompt character into the supervised part.
-    ``labels`` are ``-100`` over bos and the prompt.
-
-    Truncation to ``max_len`` tokens: the prompt keeps at most its last ``max_prompt_len``
-    tokens (default: half of ``max_len``; left truncation keeps the text nearest the answer),
-    but gives up only as many tokens as needed; the completion fills the remaining room and is
-    cut from the right. eos is supervised only when it fits after the whole completion (a cut
-    completion must not teach the model to stop there). ``.truncated`` counts records that did
-    not fit; those left with no completion token at all are dropped and counted in ``.dropped``.
-    ``.kept_indices[i]`` is the position in ``records`` of example ``i``.
-    """
-
-    def __init__(
-        self,
-        tok: PreTrainedTokenizerFast,
-        records: Sequence[SFTRecord],
-        max_len: int,
-        *,
-        max_prompt_len: int | None = None,
-    ) -> None:
-        if max_len < 3:
-            raise ValueError(f"max_len must be >= 3 (bos, a prompt token, a completion token), got {max_len}")
-        self.max_len = max_len
-        self.max_prompt_len = max_len // 2 if max_prompt_len is None else max_prompt_len
-        self.bos_id = _special_id(tok, "bos_token_id")
-        self.eos_id = _special_id(tok, "eos_token_id")
-        prompts = _encode(tok, [r.prompt for r in records])
-        completions = _encode(tok, [r.completion for r in records])
-        self.examples: list[tuple[list[int], list[int]]] = []  # (input ids, labels)
-        self.kept_indices: list[int] = []
-        self.dropped = 0
-        self.truncated = 0
-        for index, (prompt_ids, completion_ids) in enumerate(zip(prompts, completions, strict=True)):
-            example = self._build(prompt_ids, completion_ids)
-            if example is None:
-                self.dropped += 1
-            else:
-                self.examples.append(example)
-                self.kept_indices.append(index)
-
-    def _build(self, prompt: list[int], completion: list[int]) -> tuple[list[int], list[int]] | None:
-        room = self.max_len - 1  # after bos
-        if len(prompt) + len(completion) + 1 > room:
-            self.truncated += 1
-            keep = min(len(prompt), room, max(self.max_prompt_len, room - len(completion) - 1))
-            prompt = prompt[len(prompt) - keep :]
-        # slicing drops eos first, then the completion's tail: eos survives only if all fits
-        target = [*completion, self.eos_id][: room - len(prompt)]
-        if min(len(completion), len(target)) == 0:  # no completion token left to learn from
-            return None
-        input_ids = [self.bos_id, *prompt, *target]
-        labels = [IGNORE_INDEX] * (1 + len(prompt)) + target
-        return input_ids, labels
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, index: int) -> Example:
-        input_ids, labels = self.examples[index]
-        ids = torch.tensor(input_ids, dtype=torch.long)
-        return {"input_ids": ids, "labels": torch.tensor(labels, dtype=torch.long),
-                "attention_mask": torch.ones_like(ids)}
-
-
 def collate_padded(batch: Sequence[Example], pad_id: int) -> Example:
     """Stack 1-D examples into ``[B, T]``, padding on the right to the longest example.
 
@@ -182,19 +115,20 @@ def collate_padded(batch: Sequence[Example], pad_id: int) -> Example:
 
 
 def collate_left_padded_prompts(
-    tok: PreTrainedTokenizerFast, prompts: Sequence[str], *, add_bos: bool = True
+    tok: PreTrainedTokenizerFast, prompts: Sequence[str], *, add_special_tokens: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(input_ids, attention_mask)`` for batched generation: ``[bos] + prompt ids``, padded left.
+    """``(input_ids, attention_mask)`` for batched generation: each prompt as the tokenizer encodes
+    it (with the special tokens it adds itself, e.g. a Llama-style bos; a Qwen-style tokenizer adds
+    none), padded left with the pad token (eos when there is none).
 
     Left padding puts every prompt's last token in the last column, so generation appends new
-    tokens at the same position for the whole batch. The prompts are tokenized exactly as
-    `SFTDataset` tokenizes them, so a model sees the same ids at generation as in training.
+    tokens at the same position for the whole batch. The ids are those the alignment datasets
+    and TRL give a plain prompt, so a model sees the same ids at generation as in training.
     """
     if not prompts:
         raise ValueError("no prompts to collate")
-    pad = _special_id(tok, "pad_token_id")
-    prefix = [_special_id(tok, "bos_token_id")] if add_bos else []
-    rows = [prefix + ids for ids in _encode(tok, prompts)]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else _special_id(tok, "eos_token_id")
+    rows = _encode(tok, prompts, special=add_special_tokens)
     length = max(len(r) for r in rows)
     input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), length), dtype=torch.long)

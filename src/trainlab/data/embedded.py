@@ -26,8 +26,8 @@ import torch
 from trainlab.config import DataConfig
 from trainlab.data.corpus import DATA_VERSION, generate_corpus
 from trainlab.data.datasets import PackedLMDataset, flatten_token_lists, tokenize_documents
-from trainlab.data.loaders import SFTRecord, load_text_documents
-from trainlab.data.tasks import TaskRecord, make_task_records
+from trainlab.data.loaders import load_text_documents
+from trainlab.data.tasks import make_task_records
 from trainlab.data.tokenizer import embedded_tokenizer, embedded_tokenizer_key, load_tokenizer, train_tokenizer
 from trainlab.errors import UserError
 from trainlab.paths import trainlab_home
@@ -63,11 +63,6 @@ def task_documents(n_documents: int, seed: int) -> list[str]:
         docs.append("\n".join(r.text for r in records[start : start + size]))
         start += size
     return docs
-
-
-def task_sft_records(records: Sequence[TaskRecord]) -> list[SFTRecord]:
-    """Task records as SFT examples: the completion is the answer (SFTDataset appends eos)."""
-    return [SFTRecord(prompt=r.prompt, completion=r.answer) for r in records]
 
 
 def embedded_pretraining_texts(cfg: DataConfig) -> tuple[list[str], list[str]]:

@@ -1,14 +1,20 @@
-"""User data: plain-text and JSONL documents for pretraining, prompt/completion JSONL for SFT.
+"""User data: plain-text documents for pretraining, and the one JSONL reader.
 
-Bad data is the user's to fix, so every problem raises `UserError` with the file, the 1-based
-line and the key, plus what was expected, e.g.::
+`read_jsonl` is the only JSONL reader in trainlab (pretraining documents here, every alignment
+format in `trainlab.align.records`). It reads UTF-8 with or without a byte-order mark, ``\n`` or
+``\r\n`` line endings, skips blank lines, and splits on ``\n`` only (``str.splitlines`` would also
+split inside a JSON string holding U+2028 or U+0085). Each line comes back as a `JsonlRow` with
+its 1-based line number and either the object or the reason it is not one; callers decide whether
+a bad line is fatal (`load_text_documents`: yes) or skipped and counted (alignment records).
 
-    data/sft.jsonl:7: completion: expected a string under 'completion', got int
+Bad data is the user's to fix, so every problem names the file, the 1-based line and the key,
+plus what was expected, e.g.::
 
-The CLI prints that one line and exits with code 2. Loading is strict on purpose: a silently
-skipped line changes what the model is trained on without anyone noticing.
+    data/docs.jsonl:7: text: expected a string under 'text', got int
 
-Accepted inputs:
+The CLI prints that one line and exits with code 2.
+
+Accepted inputs for `load_text_documents`:
 
 * ``.txt`` / ``.md``: documents separated by one or more blank lines;
 * ``.jsonl``: one JSON object per line (blank lines are skipped);
@@ -33,11 +39,13 @@ _BLANK_LINES = re.compile(r"\n[ \t\r\f\v]*\n(?:[ \t\r\f\v]*\n)*")
 
 
 @dataclass(frozen=True)
-class SFTRecord:
-    """One supervised example: the model sees ``prompt`` and learns to continue with ``completion``."""
+class JsonlRow:
+    """One non-blank line of a JSONL file: the object, or why it is not one (``value`` is then None)."""
 
-    prompt: str
-    completion: str
+    path: Path
+    line: int
+    value: dict[str, Any] | None
+    error: str | None = None
 
 
 def _type_name(value: Any) -> str:
@@ -62,27 +70,47 @@ def _data_files(path: Path, suffixes: tuple[str, ...]) -> list[Path]:
 
 
 def _read_text(path: Path) -> str:
+    """The file's text (a UTF-8 byte-order mark dropped), or a `UserError` naming the bad line."""
     try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
-        raise UserError(f"not valid UTF-8 text (byte {exc.start})", path=path, line=line) from None
+        data = path.read_bytes()
     except OSError as exc:
         raise UserError(f"cannot read file: {exc.strerror}", path=path) from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise UserError(f"not valid UTF-8 text (byte {exc.start})", path=path, line=line) from None
 
 
-def _jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for every non-blank line; anything but a JSON object is an error."""
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+def read_jsonl(path: str | Path) -> Iterator[JsonlRow]:
+    """Every non-blank line of a JSONL file as a `JsonlRow` (see the module docstring)."""
+    path = Path(path)
+    for number, line in enumerate(_read_text(path).split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise UserError(f"invalid JSON: {exc.msg} (column {exc.colno})", path=path, line=number) from None
+            yield JsonlRow(path, number, None, f"invalid JSON: {exc.msg} (column {exc.colno})")
+            continue
         if not isinstance(obj, dict):
-            raise UserError(f"expected a JSON object, got {_type_name(obj)}", path=path, line=number)
-        yield number, obj
+            yield JsonlRow(path, number, None, f"expected a JSON object, got {_type_name(obj)}")
+            continue
+        yield JsonlRow(path, number, obj)
+
+
+def jsonl_files(path: str | Path) -> list[Path]:
+    """The JSONL files of ``path``: itself, or the ``.jsonl`` files under a folder (sorted)."""
+    return _data_files(Path(path).expanduser(), JSONL_SUFFIXES)
+
+
+def _jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-blank line; anything but a JSON object is an error."""
+    for row in read_jsonl(path):
+        if row.error is not None or row.value is None:
+            raise UserError(row.error or "expected a JSON object", path=path, line=row.line)
+        yield row.line, row.value
 
 
 def _string_field(obj: dict[str, Any], key: str, path: Path, line: int) -> str:
@@ -120,25 +148,3 @@ def load_text_documents(path: str | Path, text_key: str = "text") -> list[str]:
     if not documents:
         raise UserError("no documents found (the data is empty)", path=root)
     return documents
-
-
-def load_sft_records(path: str | Path) -> list[SFTRecord]:
-    """Prompt/completion pairs from a JSONL file (or a folder of them).
-
-    Each line: ``{"prompt": "...", "completion": "..."}``, both non-empty strings; other keys are
-    ignored. The strings are kept verbatim (not stripped): whitespace at the boundary matters to
-    the tokenizer. Chat-style ``messages`` records are not supported.
-    """
-    root = Path(path).expanduser()
-    records: list[SFTRecord] = []
-    for file in _data_files(root, JSONL_SUFFIXES):
-        for n, obj in _jsonl_objects(file):
-            if "messages" in obj and "prompt" not in obj:
-                raise UserError("chat-style 'messages' records are not supported; "
-                                "expected keys 'prompt' and 'completion'", path=file, line=n, key="messages")
-            prompt = _string_field(obj, "prompt", file, n)
-            completion = _string_field(obj, "completion", file, n)
-            records.append(SFTRecord(prompt=prompt, completion=completion))
-    if not records:
-        raise UserError("no prompt/completion records found (the data is empty)", path=root)
-    return records

@@ -9,11 +9,15 @@ Design choices, and why:
   BPE can then never merge "47" into one token, so arithmetic is learned digit by digit, the
   same way for every number, instead of memorising one embedding per number.
 * **Special tokens** ``<pad>``, ``<bos>``, ``<eos>`` have ids 0, 1, 2 (listed first to the trainer).
-  There is **no post-processor**: ``tok(text)`` returns the bare ids without bos/eos. The
-  datasets add them explicitly (``tokenize_documents``, ``SFTDataset``), which keeps the
-  prompt/completion boundary exact and avoids adding them twice. ``split_special_tokens`` is
+  The post-processor adds ``<bos>`` in front of every text (``tok(text)``; a Llama-style
+  tokenizer does the same), so every pipeline that tokenizes "as the tokenizer defines it"
+  (the alignment datasets, generation, TRL) starts sequences with bos; ``add_special_tokens=False``
+  gives the bare ids. eos is appended by id where a sequence ends. ``split_special_tokens`` is
   on: the *text* "<eos>" inside a document is encoded as ordinary characters, so data can never
-  inject control tokens; only code adds them, by id.
+  inject control tokens; only code adds them, by id. (Tokenizers saved before the post-processor
+  existed get it on load, `load_tokenizer`.)
+* Other tokenizers are used exactly as saved: `load_tokenizer` never invents a bos (a Qwen-style
+  tokenizer has none) or a pad token for a folder that has a ``tokenizer_config.json``.
 * The returned object is a ``transformers.PreTrainedTokenizerFast`` (in transformers 5 an alias
   of ``TokenizersBackend``) with pad/bos/eos set, so HF tooling and ``from_pretrained`` work.
   ``save_pretrained`` writes ``tokenizer.json`` and ``tokenizer_config.json``; transformers 5
@@ -35,7 +39,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 from trainlab.data.corpus import DATA_VERSION, generate_corpus
@@ -71,8 +75,21 @@ def _new_backend() -> Tokenizer:
     return tok
 
 
+def _bos_post_processor() -> processors.TemplateProcessing:
+    return processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B:1",
+                                         special_tokens=[(BOS, BOS_ID)])
+
+
+def _is_ours(tok: PreTrainedTokenizerFast) -> bool:
+    """A tokenizer trainlab trained (its special tokens at ids 0, 1, 2)."""
+    vocab = tok.get_vocab()
+    return all(vocab.get(name) == i for name, i in zip(SPECIAL_TOKENS, (PAD_ID, BOS_ID, EOS_ID), strict=True))
+
+
 def wrap_tokenizer(backend: Tokenizer) -> PreTrainedTokenizerFast:
-    """A ``tokenizers.Tokenizer`` that has our special tokens, as a ``PreTrainedTokenizerFast``."""
+    """A ``tokenizers.Tokenizer`` that has our special tokens, as a ``PreTrainedTokenizerFast``
+    whose post-processor adds ``<bos>``."""
+    backend.post_processor = _bos_post_processor()
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         pad_token=PAD,
@@ -121,18 +138,22 @@ def _find_token(tok: PreTrainedTokenizerFast, names: Iterable[str]) -> str | Non
     return next((name for name in names if name in vocab), None)
 
 
-def _ensure_special_tokens(tok: PreTrainedTokenizerFast, path: Path) -> PreTrainedTokenizerFast:
-    """Fill in eos/bos/pad by well-known names when the files did not say; eos is required."""
+def _ensure_special_tokens(tok: PreTrainedTokenizerFast, path: Path, *, bare: bool) -> PreTrainedTokenizerFast:
+    """eos is required. A bare ``tokenizer.json`` (no config to say which token is which) gets
+    eos/bos/pad by well-known names (pad falling back to eos); a saved tokenizer is left as it is."""
     if tok.eos_token is None:
         eos = _find_token(tok, _EOS_NAMES)
         if eos is None:
             raise UserError(f"tokenizer has no end-of-sequence token (looked for {', '.join(_EOS_NAMES)})",
                             path=path)
         tok.eos_token = eos
-    if tok.bos_token is None:
-        tok.bos_token = _find_token(tok, _BOS_NAMES) or tok.eos_token
-    if tok.pad_token is None:
-        tok.pad_token = _find_token(tok, _PAD_NAMES) or tok.eos_token
+    if bare:
+        if tok.bos_token is None:
+            tok.bos_token = _find_token(tok, _BOS_NAMES)
+        if tok.pad_token is None:
+            tok.pad_token = _find_token(tok, _PAD_NAMES) or tok.eos_token
+    if _is_ours(tok) and tok("a")["input_ids"][:1] != [BOS_ID]:
+        tok.backend_tokenizer.post_processor = _bos_post_processor()  # saved before the post-processor existed
     return tok
 
 
@@ -141,7 +162,8 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
 
     Raises `UserError` naming the path when it is missing or not a valid tokenizer. A folder
     with a ``tokenizer_config.json`` is loaded with ``from_pretrained`` (keeps its special
-    tokens); a bare ``tokenizer.json`` gets eos/bos/pad by well-known names.
+    tokens, and gets no bos or pad it does not have); a bare ``tokenizer.json`` gets eos/bos/pad by
+    well-known names.
     """
     p = Path(path).expanduser()
     if not p.exists():
@@ -150,8 +172,9 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     file = p / TOKENIZER_FILE if p.is_dir() else p
     if not file.is_file():
         raise UserError(f"folder has no {TOKENIZER_FILE} (only fast tokenizers are supported)", path=p)
+    bare = not (p.is_dir() and (p / "tokenizer_config.json").is_file())
     try:
-        if p.is_dir() and (p / "tokenizer_config.json").is_file():
+        if not bare:
             tok = PreTrainedTokenizerFast.from_pretrained(str(p))
         else:
             tok = PreTrainedTokenizerFast(tokenizer_file=str(file), clean_up_tokenization_spaces=False,
@@ -159,7 +182,7 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     except Exception as exc:  # tokenizers/transformers raise bare Exceptions for bad files
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"not a valid tokenizer: {reason}", path=file) from None
-    return _ensure_special_tokens(tok, p)
+    return _ensure_special_tokens(tok, p, bare=bare)
 
 
 # --------------------------------------------------------------------------------------------
