@@ -57,7 +57,7 @@ def long_sequence_claim(train: dict[str, Any]) -> Claim:
     verdict: Verdict = "consistent" if alone > base else "partly" if combined > base else "not reproduced"
     return Claim(
         claim="FlashAttention enables long-sequence training", source="seed 003 §1.2.1",
-        measured=f"under a {format_bytes(train['cap_bytes'])} cap: " + shares_text(train),
+        measured=f"under a {format_bytes(train['cap_bytes'])} memory cap, " + shares_text(train),
         verdict=verdict,
         why="naive attention keeps N² probabilities per layer and head for the backward, flash attention O(N) "
             "statistics; checkpointing drops the other activations (and recomputes them): each factor's share is "

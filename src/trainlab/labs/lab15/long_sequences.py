@@ -141,7 +141,7 @@ def shares_text(train: dict[str, Any]) -> str:
     """One sentence per measure: longest trained length and peak saving per setup."""
     sh, names = train["shares"], train["setups"]
     lengths = ", ".join(f"{names[k]} {n or 'none'}" for k, n in sh["max_seq"].items())
-    text = f"longest length trained under the cap: {lengths}"
+    text = f"longest length trained: {lengths}"
     if sh["common_seq"] is not None:
         savings = ", ".join(f"{names[k]} {v:.0%}" for k, v in sh["saving"].items() if k != BASELINE and v is not None)
         text += f"; peak memory saved vs naive at {sh['common_seq']} tokens: {savings}"
