@@ -288,3 +288,61 @@ def test_a_model_keeps_its_dtype_on_save(arch: str, tmp_path: Path) -> None:
     as32 = run_alignment("orpo", _cfg("orpo", src, data, "train.max_steps=1", "align.save_dtype=fp32"), src,
                          tmp_path / "out32", quiet=True)
     assert as32.summary["save_dtype"] == "float32" and _dtypes(tmp_path / "out32" / "model") == {"F32"}
+
+
+# ---- README: Coming from TRL ----------------------------------------------------------------------
+
+
+def test_coming_from_trl_names_only_keys_and_flags_that_exist() -> None:
+    import re
+
+    from typer.main import get_command
+
+    from trainlab.align.config import AlignRunConfig
+    from trainlab.cli import app
+    from trainlab.config import known_keys
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Coming from TRL"):]
+    section = section[:section.index("\n## ", 3)]
+    keys = set(re.findall(r"`((?:train|align|align_data|model)\.[a-z_0-9]+)", section))
+    assert {"train.lr", "align.beta", "align.ref_model", "align_data.eval_source", "align.max_length"} <= keys
+    assert keys <= set(known_keys(AlignRunConfig)), keys - set(known_keys(AlignRunConfig))
+    flags = set(re.findall(r"`(--[a-z-]+)", section))
+    command = get_command(app).commands["dpo"]  # type: ignore[attr-defined]
+    options = {opt for p in command.params for opt in p.opts}
+    assert {"--ref-model", "--eval-data", "--save-dtype", "--resume"} <= flags
+    assert flags <= options, flags - options
+
+
+def test_cli_flags_eval_data_ref_model_save_dtype(gpt2_dir: Path, pairs_file: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+
+    from trainlab import cli
+
+    other = hf_model_dir(tmp_path / "other", "gpt2", seed=7, positions=64)
+    evals = _write_pairs(tmp_path / "eval.jsonl", 5, offset=50)
+    out = tmp_path / "out"
+    argv = ["trainlab", "dpo", "--model", str(gpt2_dir), "--data", str(pairs_file), "--eval-data", str(evals),
+            "--ref-model", str(other), "--save-dtype", "bf16", "--preset", "tiny", "--max-steps", "1",
+            "--device", "cpu", "--out", str(out), "--json"]
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.delenv("TRAINLAB_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    captured = capsys.readouterr()
+    assert (exc.value.code or 0) == 0, captured.err
+    result = json.loads(captured.out)
+    assert result["defaults"] == "trl" and result["save_dtype"] == "bfloat16"
+    assert result["reference"]["model"] == str(other)
+    assert result["data"]["eval"]["source"] == str(evals) and result["data"]["eval_pairs"] == 5
+    assert result["data"]["train"]["pairs"] == 12 and "truncated" in result["data"]["train"]
+    assert _dtypes(out / "model") == {"BF16"}
+    # plain output: the data counts are printed
+    monkeypatch.setattr(sys, "argv", [a for a in argv if a != "--json"] + ["--resume-or-start"])
+    with pytest.raises(SystemExit):
+        cli.main()
+    err = capsys.readouterr().err
+    assert "training data: 12 pairs" in err and f"evaluation: 5 from {evals}" in err, err
