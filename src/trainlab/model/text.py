@@ -6,9 +6,9 @@ gives on the same model and prompt:
 * **Prompt ids** are ``tokenizer(prompt)["input_ids"]``: the tokenizer's own special-token rules
   decide whether a BOS comes first (Llama's ``<s>`` is added by its post-processor; GPT-2 and Qwen
   add none). Nothing is prepended because a ``bos_token`` attribute happens to exist (a Qwen
-  tokenizer given ``bos_token = "<|im_end|>"`` by some loader still gets no BOS). The one exception
-  is trainlab's own BPE (:mod:`trainlab.data.tokenizer`), whose documented convention is that code,
-  not the tokenizer, adds ``<bos>``: its prompts get ``<bos>`` first, as its datasets do.
+  tokenizer given ``bos_token = "<|im_end|>"`` by some loader still gets no BOS). trainlab's own BPE
+  (:mod:`trainlab.data.tokenizer`) adds ``<bos>`` through its post-processor; one saved before it had
+  that post-processor (and loaded other than by ``load_tokenizer``, which adds it) gets ``<bos>`` here.
 * **Stop ids** (:func:`stop_token_ids`): the model's generation eos ids (``generation_config.json``,
   else ``config.json``, as transformers' ``GenerationConfig.from_model_config``), plus the
   tokenizer's eos and the chat template's end-of-turn token (``<|im_end|>``, ``</s>``,
@@ -80,7 +80,7 @@ def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
 
 
 def _code_adds_bos(tokenizer: Any) -> bool:
-    """True for trainlab's own BPE, whose convention is that code (not the tokenizer) adds ``<bos>``."""
+    """True for trainlab's own BPE (``<pad>``, ``<bos>``, ``<eos>`` at ids 0, 1, 2): its sequences start with bos."""
     from trainlab.data.tokenizer import BOS, BOS_ID, EOS, EOS_ID, PAD, PAD_ID
 
     if getattr(tokenizer, "bos_token", None) != BOS:
