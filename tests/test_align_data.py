@@ -110,6 +110,9 @@ def test_conversational_records(tok) -> None:  # type: ignore[no-untyped-def]
         assert rec.prompt == "<|user|>\n2+2?\n<|assistant|>\n"
         assert (rec.chosen, rec.rejected) == ("4<eos>\n", "5<eos>\n")
         assert rec.chat
+        ds = PreferenceDataset(tok, [rec])  # the template's eos is the eos token, not its characters
+        assert ds.chosen[0][-2] == tok.eos_token_id and ds.chosen[0].count(tok.eos_token_id) == 1
+        assert tok.bos_token_id not in ds.prompts[0]  # a rendered conversation gets no special token added
         # implicit prompt: the shared leading messages
         implicit = {"chosen": user + row["chosen"], "rejected": user + row["rejected"]}
         assert load_records([implicit], "preference", tokenizer=tok).records[0] == PreferenceRecord(
