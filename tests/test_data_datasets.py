@@ -81,3 +81,26 @@ def test_left_padded_prompts_for_generation(tok: PreTrainedTokenizerFast) -> Non
         assert mask[i].tolist() == [0] * pad + [1] * len(row)
     no_bos, _ = collate_left_padded_prompts(tok, ["1+1="], add_special_tokens=False)
     assert no_bos[0].tolist() == _ids(tok, "1+1=")
+
+
+def test_tokenizers_add_what_they_define() -> None:
+    """Documents and generation prompts carry exactly the special tokens the tokenizer adds itself:
+    a Qwen-style tokenizer (no bos) gets no <|im_end|> in front, a Llama-style one gets its <s>."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _hf_tiny import make_tokenizer
+
+    for style in ("gpt2", "llama", "qwen"):
+        t = make_tokenizer(style)
+        own = t("What is 2+3?")["input_ids"]
+        assert tokenize_documents(t, ["What is 2+3?"]) == [[*own, t.eos_token_id]]
+        ids, mask = collate_left_padded_prompts(t, ["What is 2+3?", "Hi"])
+        assert ids[0].tolist() == own and mask[0].tolist() == [1] * len(own)
+        assert (own[0] == t.bos_token_id) == (style == "llama")
+        if t.pad_token_id is None:  # GPT-2: padding with eos, masked out
+            assert ids[1, 0].item() == t.eos_token_id and mask[1, 0].item() == 0
+    batch = collate_padded([{"input_ids": torch.tensor([5, 6]), "labels": torch.tensor([5, 6])},
+                            {"input_ids": torch.tensor([7]), "labels": torch.tensor([7])}], pad_id=None)
+    assert batch["input_ids"].tolist() == [[5, 6], [7, 0]] and batch["labels"].tolist() == [[5, 6], [7, -100]]

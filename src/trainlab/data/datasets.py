@@ -94,16 +94,17 @@ class PackedLMDataset(Dataset[Example]):
         return self.windows.numel()
 
 
-def collate_padded(batch: Sequence[Example], pad_id: int) -> Example:
+def collate_padded(batch: Sequence[Example], pad_id: int | None) -> Example:
     """Stack 1-D examples into ``[B, T]``, padding on the right to the longest example.
 
-    ``input_ids`` pad with ``pad_id``, ``labels`` with -100 (never trained on), ``attention_mask``
+    ``input_ids`` pad with ``pad_id`` (0 for a tokenizer without a pad token: padding is masked
+    out, so its id never matters), ``labels`` with -100 (never trained on), ``attention_mask``
     with 0; any other key pads with 0. Right padding keeps position ids of real tokens at 0..n-1.
     """
     if not batch:
         raise ValueError("cannot collate an empty batch")
     length = max(int(ex["input_ids"].shape[0]) for ex in batch)
-    fill = {"input_ids": pad_id, "labels": IGNORE_INDEX, "attention_mask": 0}
+    fill = {"input_ids": 0 if pad_id is None else pad_id, "labels": IGNORE_INDEX, "attention_mask": 0}
     out: Example = {}
     for key in batch[0]:
         rows = torch.full((len(batch), length), fill.get(key, 0), dtype=batch[0][key].dtype)
