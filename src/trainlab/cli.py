@@ -1,8 +1,11 @@
 """The ``trainlab`` command line: a thin typer app over the library.
 
 Every command takes ``--json`` and then prints one machine-readable JSON document on stdout
-(progress and logs go to stderr). Exit codes: 0 success, 2 bad input (one line, no traceback),
-1 internal failure.
+(progress and logs go to stderr). Exit codes: 0 success (``--help``, ``--version``, bare
+``trainlab``), 2 bad input — a usage error (unknown command or option, bad or missing value) or a
+`UserError` — as one line on stderr with no traceback, 130 interrupted (SIGINT/SIGTERM; the
+checkpoint is saved), 1 internal failure. Plain output is plain text: no rich markup is parsed, so
+a ``[bracket]`` in a prompt or a path prints as written.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from trainlab.errors import TrainingDiverged, UserError
+from trainlab.errors import TrainingDiverged, TrainingInterrupted, UserError
 
 app = typer.Typer(
     name="trainlab",
@@ -30,8 +33,30 @@ app = typer.Typer(
 calc_app = typer.Typer(help="Calculators (memory, attention, KV cache, ...).", no_args_is_help=True)
 app.add_typer(calc_app, name="calc")
 
-err_console = Console(stderr=True)
-out_console = Console()
+# markup off: user text (prompts, paths) is printed as written, never parsed as [style] tags
+err_console = Console(stderr=True, markup=False, highlight=False)
+out_console = Console(markup=False, highlight=False)
+
+
+def _say(message: str) -> None:
+    """One plain line on stderr (never wrapped: a long path stays one line)."""
+    err_console.print(message, soft_wrap=True)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from trainlab import __version__
+
+        out_console.print(f"trainlab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True,
+                                          help="print the version and exit")] = False,
+) -> None:
+    """Training optimization and alignment of language models, measured."""
 
 # Shared options of the training commands.
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file")]
@@ -40,7 +65,12 @@ OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="output folder"
 MaxStepsOpt = Annotated[int | None, typer.Option("--max-steps", help="optimizer steps")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="random seed")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N")]
-ResumeOpt = Annotated[bool, typer.Option("--resume", help="continue from the last checkpoint in --out")]
+EpochsOpt = Annotated[float | None, typer.Option("--epochs", help="passes over the training data (sets max steps)")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="continue from the checkpoint in --out (error if none)")]
+ResumeOrStartOpt = Annotated[bool, typer.Option("--resume-or-start", help="continue from the checkpoint in --out "
+                                                "if there is one, else start")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="resume even if the checkpoint was trained from another "
+                                        "model or on other data")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON on stdout")]
 OverridesArg = Annotated[list[str] | None, typer.Argument(help="section.key=value overrides, e.g. train.lr=1e-3")]
 
@@ -52,11 +82,13 @@ def _emit(obj: Any, as_json: bool) -> None:
 
 
 def _training_overrides(max_steps: int | None, seed: int | None, device: str | None,
-                        extra: list[str] | None) -> list[str]:
+                        extra: list[str] | None, epochs: float | None = None) -> list[str]:
     """Turn the shared flags into overrides, placed before the user's so explicit k=v wins."""
     out: list[str] = []
     if max_steps is not None:
         out.append(f"train.max_steps={max_steps}")
+    if epochs is not None:
+        out.append(f"train.epochs={epochs}")
     if seed is not None:
         out.append(f"train.seed={seed}")
     if device is not None:
@@ -122,8 +154,8 @@ def run(
     from trainlab.labs import run_labs
 
     def done(result: Any) -> None:
-        err_console.print(f"[bold]{result.lab}[/bold]: {result.status} in {result.wall_time_s:.0f} s"
-                          + (f" ({result.error})" if result.error else ""))
+        _say(f"{result.lab}: {result.status} in {result.wall_time_s:.0f} s" + (f" ({result.error})" if result.error
+                                                                               else ""))
 
     command = "trainlab run " + " ".join(lab_names) + f" --preset {preset}"
     suite = run_labs(lab_names, out_dir=out, preset=preset, device=device, seed=seed, quiet=as_json,
@@ -135,7 +167,7 @@ def run(
     if as_json:
         _emit(summary, True)
     else:
-        err_console.print(f"report: {out / 'report.html'}")
+        _say(f"report: {out / 'report.html'}")
     if any(r.status == "failed" for r in suite.labs):
         raise typer.Exit(1)
 
@@ -151,24 +183,34 @@ def pretrain(
     data: Annotated[str | None, typer.Option("--data", help="text/JSONL file or folder (default: embedded)")] = None,
     out: OutOpt = None,
     max_steps: MaxStepsOpt = None,
+    epochs: EpochsOpt = None,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
     resume: ResumeOpt = False,
+    resume_or_start: ResumeOrStartOpt = False,
+    force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Pre-train the decoder from scratch (embedded corpus by default, or your text)."""
     from trainlab.config import load_config
+    from trainlab.train.checkpoint import check_run_dirs
 
     base = {"data": {"source": data}} if data else None
     cfg = load_config(config, preset=preset, base=base,
-                      overrides=_training_overrides(max_steps, seed, device, overrides))
+                      overrides=_training_overrides(max_steps, seed, device, overrides, epochs))
     from trainlab.recipes.pretrain import run_pretrain
 
     out_dir = out or Path("runs/pretrain")
-    result = run_pretrain(cfg, out_dir, resume=resume, quiet=as_json)
+    mode = _resume_mode(resume, resume_or_start)
+    check_run_dirs(out_dir, mode)
+    result = run_pretrain(cfg, out_dir, resume=mode, quiet=as_json, force=force)
     _emit(result, as_json)
     if not as_json:
-        err_console.print(f"saved model to {out_dir / 'model'}; validation loss {result['final_val_loss']:.3f}")
+        _say(f"saved model to {out_dir / 'model'}; validation loss {result['final_val_loss']:.3f}")
+
+
+def _resume_mode(resume: bool, resume_or_start: bool) -> bool | str:
+    return "or_start" if resume_or_start else resume
 
 
 @app.command()
@@ -193,8 +235,11 @@ def generate(
     if as_json:
         _emit([{"prompt": p, "completion": c} for p, c in zip(prompt, outputs, strict=True)], True)
         return
+    from rich.text import Text
+
     for p, c in zip(prompt, outputs, strict=True):
-        out_console.print(f"[bold]{p}[/bold]{c}", highlight=False, markup=False)
+        # the prompt in bold on a terminal; plain text when piped (never literal markup)
+        out_console.print(Text.assemble((p, "bold"), c), soft_wrap=True)
 
 
 # ------------------------------------------------------------------------------- alignment
@@ -205,40 +250,60 @@ AlignModelOpt = Annotated[Path | None, typer.Option(
 AlignDataOpt = Annotated[str | None, typer.Option(
     "--data", help="JSONL file/folder, a `datasets` folder, or .json/.parquet/.csv (default: embedded tasks)")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="stop at the first malformed record (exit 2)")]
+EvalDataOpt = Annotated[str | None, typer.Option(
+    "--eval-data", help="evaluation pairs (SFT: examples) from this file/folder instead of a hold-out "
+    "(align_data.eval_source)")]
+RefModelOpt = Annotated[Path | None, typer.Option(
+    "--ref-model", help="DPO/KTO: the reference model, a folder with the same tokenizer (default: the starting "
+    "model; align.ref_model)")]
+SaveDtypeOpt = Annotated[str | None, typer.Option(
+    "--save-dtype", help="auto | fp32 | bf16 | fp16: dtype of the saved weights (auto: the input model's; "
+    "align.save_dtype)")]
 
 
 def _align_command(method: str, overrides: list[str] | None, config: Path | None, preset: str,
                    model: Path | None, data: str | None, out: Path | None, max_steps: int | None,
-                   seed: int | None, device: str | None, resume: bool, strict: bool, as_json: bool) -> None:
+                   seed: int | None, device: str | None, resume: bool, strict: bool, as_json: bool, *,
+                   epochs: float | None = None, resume_or_start: bool = False, force: bool = False,
+                   eval_data: str | None = None, ref_model: Path | None = None, save_dtype: str | None = None
+                   ) -> None:
     from trainlab.align.config import align_config
-    from trainlab.recipes.align import run_alignment
+    from trainlab.recipes.align import describe_data, run_alignment
+    from trainlab.train.checkpoint import check_run_dirs
 
-    extra: dict[str, Any] = {"align_data": {}}
+    extra: dict[str, Any] = {"align_data": {}, "align": {}}
     if data:
         extra["align_data"]["source"] = data
     if strict:
         extra["align_data"]["strict"] = True
-    cfg = align_config(method, preset=preset, config_file=config, extra=extra,
-                       overrides=_training_overrides(max_steps, seed, device, overrides))
+    if eval_data:
+        extra["align_data"]["eval_source"] = eval_data
+    if ref_model is not None:
+        extra["align"]["ref_model"] = str(ref_model)
+    if save_dtype is not None:
+        extra["align"]["save_dtype"] = save_dtype
+    # a transformers --model gets TRL's defaults, the embedded one (None) its tuned preset
+    cfg = align_config(method, preset=preset, config_file=config, extra=extra, model=model,
+                       overrides=_training_overrides(max_steps, seed, device, overrides, epochs))
+    out_dir = out or Path(f"runs/{method}")
+    mode = _resume_mode(resume, resume_or_start)
+    check_run_dirs(out_dir, mode, {"--model": model, "--ref-model": ref_model})  # before any work
     if model is None:
         from trainlab.recipes.base_model import embedded_base_model
 
         model = embedded_base_model(preset, quiet=as_json)  # the base model of the same preset
-    out_dir = out or Path(f"runs/{method}")
-    result = run_alignment(method, cfg, model, out_dir, resume=resume, quiet=as_json).summary
-    shown = {k: result[k] for k in ("method", "model_in", "model_dir", "steps", "unit", "units_seen", "final_loss",
+    result = run_alignment(method, cfg, model, out_dir, resume=mode, quiet=as_json, force=force).summary
+    shown = {k: result[k] for k in ("method", "model_in", "model_dir", "defaults", "save_dtype", "steps", "unit",
+                                    "units_seen", "final_loss",
                                     "train_time_s", "wall_time_s", "reference", "peak_memory", "final_eval",
                                     "accuracy", "data")}
     _emit(shown, as_json)
     if not as_json:
         acc = result["accuracy"]
-        load = result["data"].get("load", {})
-        if load.get("skipped"):
-            err_console.print(f"skipped {load['skipped']} malformed record(s) of {load['read']} "
-                              f"(--strict to stop at the first)", highlight=False, markup=False)
-        err_console.print(f"saved {method} model to {result['model_dir']}; final loss {result['final_loss']:.4f}"
-                          + (f"; oracle accuracy {acc['overall']:.1%}" if acc else ""), highlight=False,
-                          markup=False)
+        for line in describe_data(result["data"]):  # skipped, truncated, dropped, held out
+            _say(line)
+        _say(f"saved {method} model to {result['model_dir']}; final loss {result['final_loss']:.4f}"
+             + (f"; oracle accuracy {acc['overall']:.1%}" if acc else ""))
 
 
 def _register_align_command(method: str, summary: str) -> None:
@@ -250,14 +315,21 @@ def _register_align_command(method: str, summary: str) -> None:
         data: AlignDataOpt = None,
         out: OutOpt = None,
         max_steps: MaxStepsOpt = None,
+        epochs: EpochsOpt = None,
         seed: SeedOpt = None,
         device: DeviceOpt = None,
         resume: ResumeOpt = False,
+        resume_or_start: ResumeOrStartOpt = False,
+        force: ForceOpt = False,
         strict: StrictOpt = False,
+        eval_data: EvalDataOpt = None,
+        ref_model: RefModelOpt = None,
+        save_dtype: SaveDtypeOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
         _align_command(method, overrides, config, preset, model, data, out, max_steps, seed, device, resume, strict,
-                       as_json)
+                       as_json, epochs=epochs, resume_or_start=resume_or_start, force=force, eval_data=eval_data,
+                       ref_model=ref_model, save_dtype=save_dtype)
 
     command.__doc__ = summary
     app.command(name=method)(command)
@@ -265,7 +337,8 @@ def _register_align_command(method: str, summary: str) -> None:
 
 for _method, _summary in (
     ("sft", "Supervised fine-tuning on prompt/completion records (embedded task data by default)."),
-    ("dpo", "DPO (sigmoid, ipo, hinge, robust via align.loss_type) on preference pairs."),
+    ("dpo", "DPO (sigmoid, ipo, hinge, robust via align.loss_type; RPO with align.rpo_alpha>0) on preference "
+            "pairs."),
     ("orpo", "ORPO: single-stage NLL + odds-ratio preference optimization, no reference model."),
     ("simpo", "SimPO: reference-free, length-normalized preference optimization."),
     ("kto", "KTO on unpaired desirable/undesirable examples (or preference pairs, unpaired)."),
@@ -424,33 +497,72 @@ def plan(
     _emit(doc, True) if as_json else _print_tables(calc.plan_tables(doc))
 
 
-def main() -> None:
-    """Entry point: map errors to exit codes (2 for bad input, 1 for internal failures)."""
-    if os.environ.get("TRAINLAB_DEBUG"):
-        app()
-        return
+def _usage_error_types() -> tuple[type[BaseException], ...]:
+    """typer >= 0.2x raises its own vendored click's exceptions (all `typer.TyperException`);
+    older typer raises click's. Both carry ``format_message()`` and the context."""
+    types: list[type[BaseException]] = []
+    typer_exc = getattr(typer, "TyperException", None)
+    if isinstance(typer_exc, type):
+        types.append(typer_exc)
     try:
-        app(standalone_mode=False)
-    except UserError as exc:
-        err_console.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
-        sys.exit(2)
-    except TrainingDiverged as exc:
-        err_console.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
-        sys.exit(1)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        err_console.print("aborted")
-        sys.exit(130)
-    except Exception as exc:  # click usage errors carry their own exit code (2)
         import click
 
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
-        raise
+        types.append(click.ClickException)
+    except ImportError:  # pragma: no cover - typer without click
+        pass
+    return tuple(types)
+
+
+def _message(exc: BaseException) -> str:
+    fmt = getattr(exc, "format_message", None)
+    return str(fmt()) if callable(fmt) else str(exc)
+
+
+def _usage_error_line(exc: BaseException) -> str:
+    """A usage error as one line: the message and where to read more."""
+    message = " ".join(_message(exc).split())
+    ctx = getattr(exc, "ctx", None)
+    path = getattr(ctx, "command_path", None) or "trainlab"
+    return f"error: {message} (see '{path} --help')"
+
+
+def run_cli(args: list[str] | None = None) -> int:
+    """Run the command line on ``args`` (default ``sys.argv[1:]``) and return the exit code:
+    0 done (or help, or ``--version``), 2 bad input (one line on stderr), 130 interrupted, 1 failure."""
+    if os.environ.get("TRAINLAB_DEBUG"):  # tracebacks and click's own messages, for debugging
+        app(args=args, prog_name="trainlab")
+        return 0
+    try:
+        rv = app(args=args, prog_name="trainlab", standalone_mode=False)
+    except UserError as exc:
+        _say(f"error: {exc}")
+        return 2
+    except TrainingDiverged as exc:
+        _say(f"error: {exc}")
+        return 1
+    except TrainingInterrupted as exc:
+        _say(str(exc))
+        return 130
+    except typer.Exit as exc:
+        return exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        _say("aborted")
+        return 130
+    except _usage_error_types() as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `trainlab` or `trainlab calc`: the help, exit 0
+            out_console.print(_message(exc), soft_wrap=True)
+            return 0
+        _say(_usage_error_line(exc))
+        return 2
+    # typer turns Ctrl-C outside training into Exit(130), which non-standalone mode returns
+    if rv == 130:
+        _say("aborted")
+    return rv if isinstance(rv, int) else 0
+
+
+def main() -> None:
+    """Console entry point (``trainlab``): `run_cli` and exit with its code."""
+    sys.exit(run_cli())
 
 
 if __name__ == "__main__":
