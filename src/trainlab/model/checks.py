@@ -9,8 +9,8 @@ command (``generate``, ``sft``, ``dpo``, ...) refuses bad input the same way:
 * **corrupt or truncated safetensors**: every weight file's header must parse and its tensors must
   lie inside the file (``safe_open`` checks both); a shard listed in the index must exist;
 * **model and tokenizer do not match**: the tokenizer has more tokens than the embedding has rows
-  (a token id would index past the embedding), or a special-token id of the model's config
-  (bos/eos/pad, and generation_config's eos ids) is not a special token of the tokenizer;
+  (a token id would index past the embedding), or a bos/eos id of the model's config (and
+  generation_config's eos ids) is not a special token of the tokenizer;
 * **weights missing from the checkpoint** (``transformers`` would initialise them randomly and go on).
 """
 
@@ -124,8 +124,9 @@ def check_tokenizer(tokenizer: Any, *, embedding_rows: int, special_ids: dict[st
                     path: Path | None = None) -> None:
     """Refuse a tokenizer that does not belong to the model.
 
-    Its size must not exceed ``embedding_rows``; every special id of the model must be a special
-    (added) token of the tokenizer, e.g. a Llama model's eos id 2 must be ``</s>``, not a byte token.
+    Its size must not exceed ``embedding_rows``; every id must lie inside the embedding, and the
+    model's bos and eos ids must be special (added) tokens of the tokenizer, e.g. a Llama model's eos
+    id 2 must be ``</s>``, not a byte token.
     """
     size = len(tokenizer)
     if size > embedding_rows:
@@ -138,6 +139,8 @@ def check_tokenizer(tokenizer: Any, *, embedding_rows: int, special_ids: dict[st
         for i in ids:
             if i >= embedding_rows or i < 0:
                 raise UserError(f"config {name}={i} is outside the embedding ({embedding_rows} rows)", path=path)
+            if name == "pad_token_id":
+                continue  # some configs pad with an ordinary token: harmless, never attended to
             if i < size and i not in specials:
                 token = tokenizer.convert_ids_to_tokens(i)
                 raise UserError(f"model and tokenizer do not match: the model's {name} {i} is {token!r} in the "
