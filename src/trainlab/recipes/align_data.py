@@ -148,8 +148,10 @@ def describe_data(info: dict[str, Any]) -> list[str]:
                          "(--strict to stop at the first)")
     train = info.get("train") or {}
     n = train.get("pairs", train.get("examples", 0))
-    lines.append(f"training data: {n} {'pairs' if 'pairs' in train else 'examples'}, {train.get('truncated', 0)} "
-                 f"truncated, {train.get('dropped', 0)} dropped (nothing left to train on after truncation)")
+    limit = train.get("max_length")
+    lines.append(f"training data: {n} {'pairs' if 'pairs' in train else 'examples'}; {train.get('truncated', 0)} "
+                 f"truncated (align.max_length={limit}, align.max_prompt_length, align.max_completion_length), "
+                 f"{train.get('dropped', 0)} dropped (nothing left to train on)")
     ev = info.get("eval") or {}
     stats = ev.get("pairs") or ev.get("examples")
     if ev.get("source") == "held out":
