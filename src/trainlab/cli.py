@@ -370,7 +370,7 @@ def eval_(
     if method not in ("dpo", "kto", "orpo", "simpo"):
         raise UserError(f"unknown --method {method!r}; expected one of: dpo, kto, orpo, simpo")
     extra: dict[str, Any] | None = {"align_data": {"strict": True}} if strict else None
-    cfg = align_config(method, preset=preset,
+    cfg = align_config(method, preset=preset, model=model,  # a transformers --model: TRL's lengths and beta
                        config_file=config, extra=extra, overrides=_training_overrides(None, None, device, overrides))
     if model is None:
         from trainlab.recipes.base_model import embedded_base_model
