@@ -120,7 +120,8 @@ def test_embedded_tokenizer_is_built_once_then_loaded(home: Path, monkeypatch: p
     monkeypatch.setattr(tokmod, "train_tokenizer", lambda *a, **k: pytest.fail("rebuilt a cached tokenizer"))
     second = embedded_tokenizer(400, 5)
     text = "The capital of Zorvia is Meltan. 12+35=47"
-    assert second.encode(text) == first.encode(text) and second.decode(second.encode(text), skip_special_tokens=True) == text
+    assert second.encode(text) == first.encode(text)
+    assert second.decode(second.encode(text), skip_special_tokens=True) == text
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no temporary folders left
 
 
@@ -181,5 +182,6 @@ def test_saved_tokenizers_load_unchanged(style: str, tmp_path: Path) -> None:
     loaded.save_pretrained(str(tmp_path / "b"))
     ref.save_pretrained(str(tmp_path / "c"))  # what transformers itself writes for the same folder
     for name in ("tokenizer_config.json", "tokenizer.json"):
-        assert (tmp_path / "b" / name).read_text(encoding="utf-8") == (tmp_path / "c" / name).read_text(encoding="utf-8")
+        ours, theirs = (tmp_path / d / name for d in ("b", "c"))
+        assert ours.read_text(encoding="utf-8") == theirs.read_text(encoding="utf-8")
     assert "bos_token" not in json.loads((tmp_path / "b" / "tokenizer_config.json").read_text()) or style != "qwen"
