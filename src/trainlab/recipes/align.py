@@ -166,8 +166,7 @@ def run_alignment(method: str, cfg: AlignRunConfig, model_path: str | Path, out_
     policy = trainer.model
     save_dtype = resolve_save_dtype(policy, cfg.align.save_dtype)
     model_dir = save_model(policy, out / "model", tokenizer, save_dtype=save_dtype) if save else None
-    if save:
-        trainer.release_checkpoint()
+    trainer.release_checkpoint()  # the model is saved (or not wanted): no optimizer state left behind
     wall = time.perf_counter() - t_start  # the whole stage, judging on held-out prompts aside
     accuracy = None
     if evaluate_oracle and data.eval_records:
