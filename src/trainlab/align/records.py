@@ -207,7 +207,9 @@ def _template(tokenizer: Any) -> str:
     template = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
     if not template:
         raise UserError(f"conversational records need a chat template and the tokenizer has none: {CHAT_TEMPLATE_FIX}")
-    if isinstance(template, dict):
+    if hasattr(tokenizer, "get_chat_template"):  # a dict of named templates: the one transformers picks
+        template = tokenizer.get_chat_template()
+    elif isinstance(template, dict):
         template = template.get("default") or next(iter(template.values()))
     return str(template)
 
