@@ -11,7 +11,9 @@
   policy's own (a frozen reference model's weights), plus the bytes of the per-example ``ref_*``
   values the training data carries (cached reference log-probs). Nothing is read from the
   config: a method without a reference measures 0 because nothing is there.
-* `drop_checkpoints`: lab runs keep their summaries and models, not the optimizer checkpoint.
+* `ReleaseCheckpoint`: a lab run that saves no model (``save=False``) has its summary as output;
+  its optimizer checkpoint is removed when training completes (unless ``train.keep_checkpoint``),
+  as `run_alignment` does after saving a model.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from __future__ import annotations
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
@@ -159,11 +160,9 @@ class ReferenceHoldings(Callback):
                 "total_bytes": self.total}
 
 
-def drop_checkpoints(run_dir: str | Path) -> list[str]:
-    """Remove the optimizer checkpoints (``checkpoint*.pt``) a finished lab run left in ``run_dir``
-    (the summary, metrics and saved model stay). Returns the names removed."""
-    removed = []
-    for f in sorted(Path(run_dir).glob("checkpoint*.pt")):
-        f.unlink()
-        removed.append(f.name)
-    return removed
+class ReleaseCheckpoint(Callback):
+    """Remove the run's optimizer checkpoint when `Trainer.fit` completes (`Trainer.release_checkpoint`:
+    kept with ``train.keep_checkpoint=true``). For lab runs with ``save=False``."""
+
+    def on_fit_end(self, trainer: Any, result: Any) -> None:
+        trainer.release_checkpoint()

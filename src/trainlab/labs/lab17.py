@@ -24,10 +24,10 @@ from trainlab.labs.align_common import (
     PURE,
     AlignVariant,
     ReferenceHoldings,
+    ReleaseCheckpoint,
     StepTimes,
     describe_run,
     dpo_stage_config,
-    drop_checkpoints,
     median_after_warmup,
 )
 from trainlab.recipes.align import (
@@ -78,8 +78,6 @@ def run(ctx: LabContext) -> LabResult:
     cfg_dpo = dpo_stage_config(ctx)
     sft = shared_stage("sft", "sft", cfg_sft, base_dir, ctx.suite_dir)
     dpo = shared_stage("dpo", "dpo", cfg_dpo, sft.summary["model_dir"], ctx.suite_dir)
-    for stage in ("sft", "dpo"):
-        drop_checkpoints(ctx.suite_dir / ".align-cache" / stage)
     base_model, tokenizer = load_policy(base_dir, ctx.device)
 
     records = build_alignment_data("sft", cfg_sft, tokenizer).eval_records
@@ -88,8 +86,9 @@ def run(ctx: LabContext) -> LabResult:
     def dpo_run(slug: str, overrides: list[str], **kw: Any) -> tuple[AlignRun, Any]:
         cfg = stage_config("dpo", ctx.preset, seed=ctx.seed, device=ctx.device,
                            overrides=[*ctx.overrides, *overrides])
-        r = run_alignment("dpo", cfg, sft.summary["model_dir"], ctx.out_dir / slug, quiet=True, save=False, **kw)
-        drop_checkpoints(ctx.out_dir / slug)
+        callbacks = [ReleaseCheckpoint(), *kw.pop("callbacks", [])]
+        r = run_alignment("dpo", cfg, sft.summary["model_dir"], ctx.out_dir / slug, quiet=True, save=False,
+                          callbacks=callbacks, **kw)
         return r, cfg
 
     # variants and β sweep, from the same SFT model with the same data and steps; keys are slugs

@@ -19,7 +19,13 @@ import torch
 
 from trainlab.align.evaluate import oracle_accuracy
 from trainlab.labs import LabContext
-from trainlab.labs.align_common import PURE, ReferenceHoldings, describe_run, dpo_stage_config, drop_checkpoints
+from trainlab.labs.align_common import (
+    PURE,
+    ReferenceHoldings,
+    ReleaseCheckpoint,
+    describe_run,
+    dpo_stage_config,
+)
 from trainlab.recipes.align import (
     AlignRun,
     build_alignment_data,
@@ -81,14 +87,12 @@ def run(ctx: LabContext) -> LabResult:
     cfg_orpo, cfg_simpo = stage_config("orpo", ctx.preset, **kw), stage_config("simpo", ctx.preset, **kw)
     sft = shared_stage("sft", "sft", cfg_sft, base_dir, ctx.suite_dir)
     dpo = shared_stage("dpo", "dpo", cfg_dpo, sft.summary["model_dir"], ctx.suite_dir)
-    for stage in ("sft", "dpo"):
-        drop_checkpoints(ctx.suite_dir / ".align-cache" / stage)
     # what each method holds for a reference policy, measured on the live objects when training starts
     held: dict[str, ReferenceHoldings] = {k: ReferenceHoldings() for k in ("orpo", "simpo", "dpo-frozen",
                                                                               "dpo-cached")}
     orpo = run_alignment("orpo", cfg_orpo, base_dir, ctx.out_dir / "orpo", quiet=True, callbacks=[held["orpo"]])
     simpo = run_alignment("simpo", cfg_simpo, sft.summary["model_dir"], ctx.out_dir / "simpo", quiet=True,
-                          save=False, callbacks=[held["simpo"]])
+                          save=False, callbacks=[held["simpo"], ReleaseCheckpoint()])
     # DPO with a frozen reference model and with cached log-probs: two short runs of the same stage
     ref_runs: dict[str, AlignRun] = {}
     for mode in ("frozen", "cached"):
@@ -96,9 +100,8 @@ def run(ctx: LabContext) -> LabResult:
             *ctx.overrides, *PURE, f"align.reference={mode}", "train.max_steps=2", "train.eval_every=0",
             "align.eval_kl=false"]}))
         ref_runs[mode] = run_alignment("dpo", cfg, sft.summary["model_dir"], ctx.out_dir / f"dpo-{mode}", quiet=True,
-                                       save=False, evaluate_oracle=False, callbacks=[held[f"dpo-{mode}"]])
-    for folder in ("orpo", "simpo", "dpo-frozen", "dpo-cached"):
-        drop_checkpoints(ctx.out_dir / folder)
+                                       save=False, evaluate_oracle=False,
+                                       callbacks=[held[f"dpo-{mode}"], ReleaseCheckpoint()])
     dpo_label = describe_run("dpo", cfg_dpo)
     base_model, tokenizer = load_policy(base_dir, ctx.device)
     records = build_alignment_data("sft", cfg_sft, tokenizer).eval_records
