@@ -224,6 +224,18 @@ def test_sft_truncation_is_counted_keep_start_and_keep_end() -> None:
         end.truncated, 0, 4, "keep_end")
 
 
+def test_sft_prompt_and_completion_caps() -> None:
+    tok = make_tokenizer("gpt2")
+    rec = CompletionRecord("Hello, how are you today?", " I am fine, thank you.")
+    ds = SFTDataset(tok, [rec], LengthPolicy(max_length=None, max_prompt_length=3, max_completion_length=2))
+    full = SFTDataset(tok, [rec], LengthPolicy(max_length=None))
+    n_p = len(tok(rec.prompt)["input_ids"])
+    ids, labels = full[0]["input_ids"].tolist(), full[0]["labels"].tolist()
+    assert ds[0]["input_ids"].tolist() == ids[n_p - 3:n_p + 2]  # the prompt's last 3, the completion's first 2
+    assert ds[0]["labels"].tolist() == [IGNORE_INDEX] * 3 + labels[n_p:n_p + 2]
+    assert ds.truncated == 1 and full.truncated == 0
+
+
 def test_default_policy_cuts_nothing_from_200_token_pairs() -> None:
     tok = make_tokenizer("gpt2")
     words = "The quick brown fox jumps over the lazy dog. " * 12

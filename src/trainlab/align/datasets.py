@@ -88,20 +88,31 @@ class LengthPolicy:
         if self.truncation_mode != "keep_start":
             raise UserError("truncation_mode keep_end is only supported for SFT (TRL 1.16 deprecates it and "
                             "supports keep_start only for preference and unpaired data)", key="align.truncation_mode")
-        cut = False
-        if self.max_prompt_length is not None and len(prompt) > self.max_prompt_length:
-            prompt, cut = prompt[len(prompt) - self.max_prompt_length:], True
-        room = self.max_completion_length
+        prompt, completions, cut = self.cap(prompt, completions)
+        room = None
         if self.max_length is not None:
             if len(prompt) >= self.max_length:
                 return prompt, [], True, True
-            room = self.max_length - len(prompt) if room is None else min(room, self.max_length - len(prompt))
+            room = self.max_length - len(prompt)
         out = []
         for c in completions:
             if room is not None and len(c) > room:
                 c, cut = c[:room], True
             out.append(c)
         return prompt, out, cut, False
+
+    def cap(self, prompt: list[int], completions: Sequence[list[int]]) -> tuple[list[int], list[list[int]], bool]:
+        """The optional caps: the prompt's last ``max_prompt_length`` tokens, each completion's first
+        ``max_completion_length``; (prompt, completions, cut?)."""
+        cut = False
+        if self.max_prompt_length is not None and len(prompt) > self.max_prompt_length:
+            prompt, cut = prompt[len(prompt) - self.max_prompt_length:], True
+        out = []
+        for c in completions:
+            if self.max_completion_length is not None and len(c) > self.max_completion_length:
+                c, cut = c[: self.max_completion_length], True
+            out.append(c)
+        return prompt, out, cut
 
     def fit_sequence(self, ids: list[int], labels: list[int]) -> tuple[list[int], list[int], bool]:
         """(ids, labels, truncated?) of one SFT sequence cut to ``max_length`` (TRL's SFT truncation)."""
@@ -445,8 +456,10 @@ class SFTDataset(_Counted, Dataset[Example]):
         tokenized = tokenize_completions(tokenizer, [r.prompt for r in pc_records],  # type: ignore[union-attr]
                                          [(r.completion,) for r in pc_records],  # type: ignore[union-attr]
                                          [r.chat for r in pc_records])
+        capped = [False] * len(records)
         for i, (p, (c,), merged) in zip(pc, tokenized, strict=True):
             self.boundary_merges += int(merged)
+            p, (c,), capped[i] = self.policy.cap(p, [c])
             built[i] = (p + c, ([IGNORE_INDEX] * len(p) if completion_only else p) + c)
         self._texts(tokenizer, records, built, assistant_only_loss)
         self.examples: list[tuple[list[int], list[int]]] = []
@@ -457,7 +470,7 @@ class SFTDataset(_Counted, Dataset[Example]):
             if all(x == IGNORE_INDEX for x in labels):
                 self.dropped += 1
                 continue
-            self.truncated += int(cut)
+            self.truncated += int(cut or capped[i])
             self.examples.append((ids, labels))
             self.kept_indices.append(i)
 
