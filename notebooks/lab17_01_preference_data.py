@@ -29,7 +29,7 @@ from pathlib import Path
 
 from trainlab.align.config import align_config
 from trainlab.align.datasets import LengthPolicy, PreferenceDataset, collate_preference
-from trainlab.align.records import embedded_alignment_data, load_records
+from trainlab.align.records import embedded_alignment_data, load_records, use_chat_template
 from trainlab.data.tokenizer import embedded_tokenizer
 
 PRESET = os.environ.get("TRAINLAB_NOTEBOOK_PRESET", "quick")  # "tiny": the smoke test's setting
@@ -59,13 +59,17 @@ path.write_text("\n".join([
     json.dumps({"prompt": [{"role": "user", "content": "2+2?"}], "chosen": [{"role": "assistant", "content": "4"}],
                 "rejected": [{"role": "assistant", "content": "5"}]}),
 ]) + "\n")
-report = load_records(path, "preference")
+# a conversational record needs a chat template; the embedded tokenizer has none, so use the built-in one
+# (`align_data.chat_template=builtin` on the command line; it is saved with the model)
+chat_tok = embedded_tokenizer(cfg.data.vocab_size, cfg.data.seed)
+use_chat_template(chat_tok, "builtin")
+report = load_records(path, "preference", tokenizer=chat_tok)
 print(report.summary())
 for issue in report.issues:
     print(issue)
 
 # %% [markdown]
-# ## Tokens: `[bos] + prompt` then `completion + [eos]`, one batch for both sides
+# ## Tokens: the prompt as the tokenizer encodes it (`<bos>` first), then `completion + [eos]`, one batch
 
 # %%
 tok = embedded_tokenizer(cfg.data.vocab_size, cfg.data.seed)
