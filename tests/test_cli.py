@@ -277,3 +277,23 @@ def test_sigkill_then_resume_continues_an_alignment_run(tmp_path: Path) -> None:
              if r["kind"] == "train"]
     assert steps == sorted(set(steps)) and steps[-1] == step + 2  # one history, no step twice
     assert (out / "model").is_dir() and not (out / "checkpoint.pt").exists()
+
+
+# ---- no deprecation warnings from our calls into transformers / torch ------------------------------
+
+def test_hf_model_commands_raise_no_future_or_deprecation_warning(tmp_path: Path) -> None:
+    """Warnings are errors here (not hidden): a deprecated API name in our calls fails the command."""
+    from _hf_tiny import hf_model_dir
+
+    model = hf_model_dir(tmp_path / "qwen3", "qwen3")
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"What is {i}+1?", "chosen": f" {i + 1}.", "rejected": f" {i}."})
+                            + "\n" for i in range(12)))
+    env = dict(_env(), PYTHONWARNINGS="error::FutureWarning,error::DeprecationWarning")
+    strict = [sys.executable, "-W", "error::FutureWarning", "-W", "error::DeprecationWarning", "-m", "trainlab.cli"]
+    for args in (["dpo", "--model", str(model), "--data", str(data), "--out", "dpo", "--preset", "tiny",
+                  "--max-steps", "1", "model.checkpointing=full"],
+                 ["generate", "--model", "dpo/model", "--prompt", "What is", "--max-new-tokens", "3"]):
+        proc = subprocess.run([*strict, *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "Warning" not in proc.stderr, proc.stderr

@@ -570,9 +570,11 @@ class Trainer:
                 values = self.eval_fn(self.model)
         finally:
             self.model.train()
+        self._last_eval_step = self.step
+        if not values:  # nothing to evaluate on (e.g. no held-out data): no empty record or line
+            return
         record = {"step": self.step, **{k: float(v) for k, v in values.items()}}
         self.eval_history.append(record)
-        self._last_eval_step = self.step
         logger.eval(record)
         for cb in self.callbacks:
             cb.on_eval(self, self.step, record)
