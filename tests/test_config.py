@@ -80,3 +80,26 @@ def test_model_shape_validation() -> None:
     with pytest.raises(UserError) as ei:
         load_config(overrides=["model.n_kv_heads=3"])
     assert "n_kv_heads" in str(ei.value)
+
+
+def test_checkpoint_cadence_defaults_for_every_training_command() -> None:
+    """Nothing lost by default: every command checkpoints every save_every steps or 5 minutes."""
+    from trainlab.align.config import METHODS, align_config
+
+    cfgs = [load_config(preset=p).train for p in ("tiny", "quick", "full")]
+    cfgs += [align_config(m, preset=p).train for m in METHODS for p in ("tiny", "quick", "full")]
+    for train in cfgs:
+        assert train.save_every > 0 and train.save_every_minutes == 5
+        assert train.keep_checkpoint is False and train.report_to == "jsonl" and train.epochs is None
+
+
+def test_new_train_keys_validate() -> None:
+    cfg = load_config(preset="tiny", overrides=["train.epochs=2.5", "train.report_to=none",
+                                                "train.keep_checkpoint=true", "train.save_every_minutes=0.5"])
+    assert (cfg.train.epochs, cfg.train.report_to, cfg.train.keep_checkpoint, cfg.train.save_every_minutes) == \
+        (2.5, "none", True, 0.5)
+    with pytest.raises(UserError, match=r"train\.report_to: invalid value = 'wandb'.*'jsonl', 'tensorboard' or "
+                                        r"'none'"):
+        load_config(preset="tiny", overrides=["train.report_to=wandb"])
+    with pytest.raises(UserError, match=r"train\.epochs: invalid value = 0"):
+        load_config(preset="tiny", overrides=["train.epochs=0"])
