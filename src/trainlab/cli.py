@@ -158,8 +158,12 @@ def run(
                                                                                else ""))
 
     command = "trainlab run " + " ".join(lab_names) + f" --preset {preset}"
-    suite = run_labs(lab_names, out_dir=out, preset=preset, device=device, seed=seed, quiet=as_json,
-                     command=command, on_done=done)
+    try:
+        suite = run_labs(lab_names, out_dir=out, preset=preset, device=device, seed=seed, quiet=as_json,
+                         command=command, on_done=done)
+    except TrainingInterrupted as exc:  # labs are rerun, not resumed: no --resume hint
+        _say(f"interrupted ({exc.signal_name}) during the labs")
+        raise typer.Exit(130) from None
     summary = {"out": str(out), "report_html": str(out / "report.html"), "report_md": str(out / "report.md"),
                "results": str(out / "results.json"),
                "labs": [{"lab": r.lab, "status": r.status, "wall_time_s": r.wall_time_s, "error": r.error}
