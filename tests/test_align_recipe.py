@@ -346,3 +346,19 @@ def test_cli_flags_eval_data_ref_model_save_dtype(gpt2_dir: Path, pairs_file: Pa
         cli.main()
     err = capsys.readouterr().err
     assert "training data: 12 pairs" in err and f"evaluation: 5 from {evals}" in err, err
+
+
+def test_a_transformers_model_keeps_trl_defaults_through_stages(pairs_file: Path, tmp_path: Path) -> None:
+    """A Llama folder is trained as our decoder and saved with a trainlab.json; the next stage from it is
+    still a transformers model's run (TRL's defaults), as the saved folder says."""
+    llama = hf_model_dir(tmp_path / "llama", "llama", positions=64)
+    assert defaults_profile(llama) == "trl"
+    sft = run_alignment("sft", _cfg("sft", llama, pairs_file, "train.max_steps=1"), llama, tmp_path / "sft",
+                        quiet=True)
+    out = Path(sft.summary["model_dir"])
+    assert (out / "trainlab.json").is_file()  # saved by our decoder
+    assert defaults_profile(out) == "trl"
+    assert align_config("dpo", preset="tiny", model=out).train.lr == 1e-6
+    (tmp_path / "ours").mkdir()
+    (tmp_path / "ours" / "trainlab.json").write_text("{}")
+    assert defaults_profile(tmp_path / "ours") == "trainlab"  # our own decoder, e.g. the embedded base model

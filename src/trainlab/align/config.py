@@ -237,12 +237,25 @@ def model_max_positions(model_dir: str | Path) -> int | None:
     return None
 
 
+PROVENANCE_FILE = "trainlab_alignment.json"
+
+
 def defaults_profile(model_dir: str | Path | None) -> DefaultsProfile:
-    """``trainlab`` for the embedded base model (None) and folders trainlab saved (``trainlab.json``),
-    ``trl`` for any other model folder."""
-    if model_dir is None or (Path(model_dir) / "trainlab.json").is_file():
+    """Which defaults a run from ``model_dir`` starts from: ``trainlab`` for the embedded base model
+    (None) and our decoders (a ``trainlab.json``), ``trl`` for any other model folder. A folder an
+    alignment run saved carries the profile it was trained with (`PROVENANCE_FILE`), so a
+    transformers Llama that went through ``trainlab sft`` (saved by our decoder, with a
+    ``trainlab.json``) still gets TRL's defaults in ``trainlab dpo``."""
+    if model_dir is None:
         return "trainlab"
-    return "trl"
+    folder = Path(model_dir)
+    try:
+        saved = json.loads((folder / PROVENANCE_FILE).read_text(encoding="utf-8")).get("defaults")
+    except (OSError, ValueError, AttributeError):
+        saved = None
+    if saved in ("trainlab", "trl"):
+        return saved  # type: ignore[return-value]
+    return "trainlab" if (folder / "trainlab.json").is_file() else "trl"
 
 
 def trl_defaults(method: str, model_dir: str | Path | None = None) -> dict[str, Any]:

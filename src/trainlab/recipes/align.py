@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainlab.align.config import AlignRunConfig, defaults_profile
+from trainlab.align.config import PROVENANCE_FILE, AlignRunConfig, defaults_profile
 from trainlab.align.datasets import PreferenceDataset, SFTDataset
 from trainlab.align.evaluate import completion_kl, oracle_accuracy, pair_logps, reward_accuracy, win_rate
 from trainlab.align.reference import FrozenReference
@@ -166,6 +166,10 @@ def run_alignment(method: str, cfg: AlignRunConfig, model_path: str | Path, out_
     policy = trainer.model
     save_dtype = resolve_save_dtype(policy, cfg.align.save_dtype)
     model_dir = save_model(policy, out / "model", tokenizer, save_dtype=save_dtype) if save else None
+    profile = defaults_profile(model_path)
+    if model_dir is not None:  # the next stage from this folder starts from the same defaults
+        write_json(Path(model_dir) / PROVENANCE_FILE, {"defaults": profile, "method": method,
+                                                       "model_in": str(model_path)})
     trainer.release_checkpoint()  # the model is saved (or not wanted): no optimizer state left behind
     wall = time.perf_counter() - t_start  # the whole stage, judging on held-out prompts aside
     accuracy = None
@@ -175,7 +179,7 @@ def run_alignment(method: str, cfg: AlignRunConfig, model_path: str | Path, out_
         "method": method,
         "model_in": str(model_path),
         "model_dir": str(model_dir) if model_dir else None,
-        "defaults": defaults_profile(model_path),
+        "defaults": profile,
         "save_dtype": str(save_dtype).removeprefix("torch."),
         "dropout_disabled": dropouts,
         "steps": result.steps,
