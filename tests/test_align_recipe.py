@@ -362,3 +362,12 @@ def test_a_transformers_model_keeps_trl_defaults_through_stages(pairs_file: Path
     (tmp_path / "ours").mkdir()
     (tmp_path / "ours" / "trainlab.json").write_text("{}")
     assert defaults_profile(tmp_path / "ours") == "trainlab"  # our own decoder, e.g. the embedded base model
+
+
+def test_a_bad_reference_model_writes_nothing(gpt2_dir: Path, pairs_file: Path, tmp_path: Path) -> None:
+    other = hf_model_dir(tmp_path / "qwen", "qwen2")
+    for method, ref in (("dpo", other), ("simpo", gpt2_dir)):
+        with pytest.raises(UserError):
+            run_alignment(method, _cfg(method, gpt2_dir, pairs_file, f"align.ref_model={ref}"), gpt2_dir,
+                          tmp_path / "out", quiet=True)
+        assert not (tmp_path / "out").exists()

@@ -142,11 +142,12 @@ def run_alignment(method: str, cfg: AlignRunConfig, model_path: str | Path, out_
     if data is None:
         data = build_alignment_data(method, cfg, tokenizer, max_positions=max_positions(model))
     check_vocab(model, data)
-    out.mkdir(parents=True, exist_ok=True)  # only once model and data are known good: bad input writes nothing
     pad = data.pad_id
     # a coarse sampling interval: the sampler thread must not compete with small training steps
     with PeakMemory(device, interval_s=0.02) as mem:
         ref = prepare_reference(spec, cfg, model, tokenizer, data, device)
+        out.mkdir(parents=True, exist_ok=True)  # only once model, data and reference are known good: bad input
+        # writes nothing
         objective = spec.objective(cfg.align, ref.frozen)
         batcher = StepBatcher(data.train, cfg.train.batch_size, cfg.train.grad_accum, spec.collate(pad),
                               cfg.train.seed)
