@@ -249,6 +249,10 @@ def test_interrupted_run_saves_says_so_and_exits_130(tmp_path: Path, sig: signal
 
     step = int(read_checkpoint_meta(out / "checkpoint.pt")["step"])
     assert f"at step {step} of 100000" in last  # the checkpoint holds the step it stopped at
+    if sig == signal.SIGINT:  # forgetting --resume does not overwrite the unfinished run
+        proc3 = trainlab("pretrain", "--preset", "tiny", "--out", str(out), "--max-steps", "3", tmp_path=tmp_path)
+        assert_one_line_error(proc3, "unfinished run", f"step {step} of 100000", "--resume", "--force")
+        assert int(read_checkpoint_meta(out / "checkpoint.pt")["step"]) == step
     proc2 = trainlab("pretrain", "--preset", "tiny", "--out", str(out), "--max-steps", str(step + 2), "--resume",
                      "--json", tmp_path=tmp_path)
     assert proc2.returncode == 0, proc2.stderr

@@ -254,3 +254,40 @@ def test_interrupt_saves_and_raises(tmp_path, sig: signal.Signals) -> None:
     assert not trainer.release_checkpoint() and (tmp_path / "checkpoint.pt").is_file()  # an interrupted run keeps it
     assert {s: signal.getsignal(s) for s in before} == before  # the trainer's handlers are gone
     assert not isinstance(info.value, Exception)  # `except Exception` in a caller does not swallow it
+
+
+def test_check_run_dirs(tmp_path) -> None:
+    from trainlab.train.checkpoint import check_run_dirs
+
+    out = tmp_path / "run"
+    check_run_dirs(out)  # nothing there: fine, and nothing created
+    assert not out.exists()
+    with pytest.raises(UserError, match="--resume: no checkpoint"):
+        check_run_dirs(out, True)
+    check_run_dirs(out, "or_start")
+    for model in (out, out / "model", out / "a" / "b"):
+        with pytest.raises(UserError, match="write over its input"):
+            check_run_dirs(out, False, {"--model": model})
+    check_run_dirs(out, False, {"--model": tmp_path / "elsewhere", "--ref-model": None})
+    check_run_dirs(out / "sub", False, {"--model": out})  # writing inside the input's folder is not over it
+
+    data = fixed_examples(8)
+    trainer = Trainer(tiny_decoder(), CausalLMObjective(), StepBatcher(data, 4, 1, None, 0),
+                      train_config(max_steps=4, save_every=2), out, quiet=True, callbacks=[_StopAt(2)])
+    trainer.fit()  # stopped at step 2 of 4: an unfinished run
+    with pytest.raises(UserError, match=r"unfinished run \(step 2 of 4\).*--force"):
+        check_run_dirs(out)
+    check_run_dirs(out, force=True)
+    check_run_dirs(out, True)
+    Trainer(tiny_decoder(), CausalLMObjective(), StepBatcher(data, 4, 1, None, 0), train_config(max_steps=4),
+            out, quiet=True).fit(resume=True)
+    check_run_dirs(out)  # finished (a kept checkpoint): a new run may start over it
+
+
+class _StopAt(Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, trainer, step, metrics):  # type: ignore[no-untyped-def]
+        if step == self.step:
+            trainer.request_stop("test")

@@ -70,7 +70,7 @@ ResumeOpt = Annotated[bool, typer.Option("--resume", help="continue from the che
 ResumeOrStartOpt = Annotated[bool, typer.Option("--resume-or-start", help="continue from the checkpoint in --out "
                                                 "if there is one, else start")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="resume even if the checkpoint was trained from another "
-                                        "model or on other data")]
+                                        "model or on other data; without --resume: start over an unfinished run")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON on stdout")]
 OverridesArg = Annotated[list[str] | None, typer.Argument(help="section.key=value overrides, e.g. train.lr=1e-3")]
 
@@ -206,7 +206,7 @@ def pretrain(
 
     out_dir = out or Path("runs/pretrain")
     mode = _resume_mode(resume, resume_or_start)
-    check_run_dirs(out_dir, mode)
+    check_run_dirs(out_dir, mode, force=force)
     result = run_pretrain(cfg, out_dir, resume=mode, quiet=as_json, force=force)
     _emit(result, as_json)
     if not as_json:
@@ -291,7 +291,7 @@ def _align_command(method: str, overrides: list[str] | None, config: Path | None
                        overrides=_training_overrides(max_steps, seed, device, overrides, epochs))
     out_dir = out or Path(f"runs/{method}")
     mode = _resume_mode(resume, resume_or_start)
-    check_run_dirs(out_dir, mode, {"--model": model, "--ref-model": ref_model})  # before any work
+    check_run_dirs(out_dir, mode, {"--model": model, "--ref-model": ref_model}, force=force)  # before any work
     if model is None:
         from trainlab.recipes.base_model import embedded_base_model
 

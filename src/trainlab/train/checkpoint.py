@@ -176,12 +176,15 @@ ResumeMode = bool | Literal["or_start"]
 def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     """``step``, ``identity`` and ``config`` of a checkpoint without reading its tensors (mmap)."""
     state = torch.load(Path(path), map_location="cpu", weights_only=True, mmap=True)
-    return {"step": state.get("step"), "identity": state.get("identity") or {}, "config": state.get("config")}
+    train = state.get("train_config") or {}
+    return {"step": state.get("step"), "max_steps": train.get("max_steps"), "identity": state.get("identity") or {},
+            "config": state.get("config")}
 
 
-def check_run_dirs(out_dir: str | Path, resume: ResumeMode = False, inputs: dict[str, str | Path | None] | None = None
-                   ) -> None:
-    """Before any work: ``--resume`` needs ``out_dir/checkpoint.pt``; ``out_dir`` must not be or contain an input.
+def check_run_dirs(out_dir: str | Path, resume: ResumeMode = False, inputs: dict[str, str | Path | None] | None = None,
+                   *, force: bool = False) -> None:
+    """Before any work: ``--resume`` needs ``out_dir/checkpoint.pt``; ``out_dir`` must not be or contain an input;
+    a fresh start (no ``--resume``) does not overwrite the checkpoint of an unfinished run unless ``force``.
 
     ``inputs`` maps an option name (``"--model"``) to the folder it reads. Raises `UserError`.
     """
@@ -193,9 +196,19 @@ def check_run_dirs(out_dir: str | Path, resume: ResumeMode = False, inputs: dict
         if src == out or src.is_relative_to(out):
             raise UserError(f"--out {out_dir} {'is' if src == out else 'contains'} the {option} folder {path}: "
                             "training would write over its input; choose another --out")
-    if resume is True and not (out / CHECKPOINT_NAME).is_file():
+    ckpt = out / CHECKPOINT_NAME
+    if resume is True and not ckpt.is_file():
         raise UserError(f"--resume: no checkpoint in {out_dir} ({CHECKPOINT_NAME}); run without --resume to start, "
                         "or with --resume-or-start to continue if there is one")
+    if resume is False and not force and ckpt.is_file():
+        try:
+            meta = read_checkpoint_meta(ckpt)
+        except Exception:  # unreadable (torn, another format): there is no run to lose
+            return
+        step, total = meta.get("step"), meta.get("max_steps")
+        if isinstance(step, int) and isinstance(total, int) and step < total:
+            raise UserError(f"--out {out_dir} holds the checkpoint of an unfinished run (step {step} of {total}): "
+                            "--resume to continue it, or --force to start over")
 
 
 def identity_mismatches(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
