@@ -132,3 +132,18 @@ def test_cuda_without_a_gpu_is_a_clear_user_error() -> None:
     with pytest.raises(UserError, match="CUDA is not available"):
         measure_training_step(toy, SumObjective(), [{"x": torch.randn(B, D_IN)}],
                               optimizer=lambda m: torch.optim.SGD(m.parameters(), lr=0.1), device="cuda")
+
+
+def test_training_memory_frees_the_forward_graph() -> None:
+    """`training_memory` runs a forward with no backward: its saved activations must be freed on return
+    (a saved-tensor hook that returned the tensor itself kept the whole graph alive in a C++ cycle)."""
+    from trainlab.memory.measure import training_memory
+
+    model = nn.Sequential(nn.Linear(D_IN, D_H), nn.Tanh(), nn.Linear(D_H, D_H), nn.Sigmoid())
+    x = torch.randn(B, D_IN)
+    with LiveTensorTracker(record=False) as tr:
+        tr.register([*model.parameters(), x])
+        before = tr.live
+        memory = training_memory(model, lambda: ObjectiveOutput(loss_sum=model(x).sum(), count=B))
+        assert memory["activations"] > 0
+        assert tr.live == before

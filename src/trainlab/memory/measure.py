@@ -302,7 +302,10 @@ class SavedTensorBytes:
         key = _storage_key(t)
         if key not in self.exclude and key not in self.body and key not in self.head:
             (self.head if self.in_head else self.body)[key] = t.untyped_storage().nbytes()
-        return t
+        # detached (same storage): returning ``t`` itself makes a tensor that autograd saved as its own
+        # output hold its grad_fn, which holds it: a C++ reference cycle that keeps the whole graph (all
+        # saved activations) alive after a forward that is never backwarded (`training_memory`)
+        return t.detach()
 
     @staticmethod
     def unpack(t: Tensor) -> Tensor:
