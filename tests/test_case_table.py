@@ -239,7 +239,7 @@ def _run(root: str, case: Case) -> Any:
     if not data.exists():
         data.write_text("".join(json.dumps(r) + "\n" for r in records(case.fmt)), encoding="utf-8")
     n = len(records(case.fmt))
-    cfg = align_config(case.method, preset="tiny", overrides=[
+    cfg = align_config(case.method, preset="tiny", model=model_dir, overrides=[  # the CLI's: TRL's defaults
         f"align_data.source={data}", f"train.max_steps={_STEPS}", f"train.batch_size={n}", "train.device=cpu",
         f"train.lr={_LR[case.method]}", "train.warmup_steps=0", "train.log_every=1", "train.eval_every=0",
         "align_data.n_eval_pairs=0", "align.eval_kl=false", *case.extra])
