@@ -1,0 +1,98 @@
+"""The typer app, its consoles and the options every training command shares (see `trainlab.cli`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    name="trainlab",
+    help="Training optimization and alignment of language models, measured.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+calc_app = typer.Typer(help="Calculators (memory, attention, KV cache, ...).", no_args_is_help=True)
+app.add_typer(calc_app, name="calc")
+
+# markup off: user text (prompts, paths) is printed as written, never parsed as [style] tags
+err_console = Console(stderr=True, markup=False, highlight=False)
+out_console = Console(markup=False, highlight=False)
+
+
+def _say(message: str) -> None:
+    """One plain line on stderr (never wrapped: a long path stays one line)."""
+    err_console.print(message, soft_wrap=True)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from trainlab import __version__
+
+        out_console.print(f"trainlab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True,
+                                          help="print the version and exit")] = False,
+) -> None:
+    """Training optimization and alignment of language models, measured."""
+
+# Shared options of the training commands.
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file")]
+PresetOpt = Annotated[str, typer.Option("--preset", help="tiny | quick | full")]
+OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="output folder")]
+MaxStepsOpt = Annotated[int | None, typer.Option("--max-steps", help="optimizer steps")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="random seed")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N")]
+EpochsOpt = Annotated[float | None, typer.Option("--epochs", help="passes over the training data (sets max steps)")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="continue from the checkpoint in --out (error if none)")]
+ResumeOrStartOpt = Annotated[bool, typer.Option("--resume-or-start", help="continue from the checkpoint in --out "
+                                                "if there is one, else start")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="resume even if the checkpoint was trained from another "
+                                        "model or on other data; without --resume: start over an unfinished run")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON on stdout")]
+OverridesArg = Annotated[list[str] | None, typer.Argument(help="section.key=value overrides, e.g. train.lr=1e-3")]
+
+
+def _emit(obj: Any, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+        sys.stdout.flush()
+
+
+def _training_overrides(max_steps: int | None, seed: int | None, device: str | None,
+                        extra: list[str] | None, epochs: float | None = None) -> list[str]:
+    """Turn the shared flags into overrides, placed before the user's so explicit k=v wins."""
+    out: list[str] = []
+    if max_steps is not None:
+        out.append(f"train.max_steps={max_steps}")
+    if epochs is not None:
+        out.append(f"train.epochs={epochs}")
+    if seed is not None:
+        out.append(f"train.seed={seed}")
+    if device is not None:
+        out.append(f"train.device={device}")
+    return out + list(extra or [])
+
+def _resume_mode(resume: bool, resume_or_start: bool) -> bool | str:
+    return "or_start" if resume_or_start else resume
+
+
+def _print_tables(tables: list[tuple[str, list[str], list[list[str]]]]) -> None:
+    for title, columns, rows in tables:
+        table = Table(title=title)
+        for col in columns:
+            table.add_column(col)
+        for row in rows:
+            table.add_row(*row)
+        out_console.print(table)
