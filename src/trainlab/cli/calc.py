@@ -98,3 +98,30 @@ def plan(
 
     doc = calc.plan_result(params=params, gpu_mem=gpu_mem, seq=seq, gpus=gpus, batch=batch, lora_rank=lora_rank)
     _emit(doc, True) if as_json else _print_tables(calc.plan_tables(doc))
+
+
+@calc_app.command("kv-cache")
+def calc_kv_cache(
+    model: Annotated[Path | None, typer.Option("--model", help="trainlab YAML config, HF model folder or "
+                                               "config.json")] = None,
+    layers: Annotated[int | None, typer.Option("--layers", help="decoder layers")] = None,
+    kv_heads: Annotated[int | None, typer.Option("--kv-heads", help="key/value heads (1: MQA)")] = None,
+    head_dim: Annotated[int | None, typer.Option("--head-dim", help="dimension per head")] = None,
+    heads: Annotated[int | None, typer.Option("--heads", help="query heads (the MHA comparison)")] = None,
+    seq: Annotated[int | None, typer.Option("--seq", help="tokens per sequence (default: the model's)")] = None,
+    batch: Annotated[int | None, typer.Option("--batch", help="sequences (1)")] = None,
+    dtype: Annotated[str | None, typer.Option("--dtype", help="fp32 | fp16 | bf16 | fp8 | int8 | int4 "
+                                              "(the model's, else fp16)")] = None,
+    sliding_window: Annotated[int | None, typer.Option("--sliding-window", help="cap every layer's cache at "
+                                                       "this many tokens")] = None,
+    gpu_mem: Annotated[float | None, typer.Option("--gpu-mem", help="GPU memory in GB: longest context and "
+                                                  "largest batch beside the weights")] = None,
+    params: Annotated[str | None, typer.Option("--params", help="parameter count for the weights' size: 7B")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """KV cache bytes: 2 · layers · kv_heads · head_dim · bytes · tokens · batch, vs MHA; what fits in --gpu-mem."""
+    from trainlab.memory.kv import kv_cache_result, kv_cache_tables
+
+    doc = kv_cache_result(model=model, layers=layers, kv_heads=kv_heads, head_dim=head_dim, heads=heads, seq=seq,
+                          batch=batch, dtype=dtype, gpu_mem=gpu_mem, params=params, sliding_window=sliding_window)
+    _emit(doc, True) if as_json else _print_tables(kv_cache_tables(doc))
