@@ -8,7 +8,10 @@ cached keys are already position-encoded and never touched again.
 
 Storage is one preallocated buffer per layer, ``[B, Hkv, capacity, D]``, allocated lazily on the
 first write (so it takes the dtype and device of the keys, e.g. bf16 under autocast). Writing past
-the capacity doubles it (amortized ``O(1)`` per token) unless ``growable=False``.
+the capacity doubles it (amortized ``O(1)`` per token) unless ``growable=False``. :meth:`nbytes` is
+what the buffers hold (the capacity), :meth:`used_nbytes` the written tokens; both follow
+``2 · layers · kv_heads · head_dim · bytes · tokens · batch`` (:mod:`trainlab.memory.kv`).
+There is no sliding window: every token stays cached (the decoder attends to all of them).
 """
 
 from __future__ import annotations
@@ -83,6 +86,18 @@ class KVCache:
     def nbytes(self) -> int:
         """Bytes held by the buffers (both keys and values, all layers)."""
         return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values) if t is not None)
+
+    def used_nbytes(self) -> int:
+        """Bytes of the tokens written so far (``lengths``), without the spare capacity.
+
+        Equals ``2 · layers · kv_heads · head_dim · bytes · tokens · batch``
+        (:func:`trainlab.memory.kv.kv_cache_bytes`) with ``tokens = seq_len``.
+        """
+        total = 0
+        for k, v, n in zip(self.keys, self.values, self.lengths, strict=True):
+            if k is not None and v is not None:
+                total += n * (k[:, :, :1].numel() * k.element_size() + v[:, :, :1].numel() * v.element_size())
+        return total
 
     def to(self, device: torch.device | str) -> KVCache:
         """Move the buffers (in place) and return self."""
