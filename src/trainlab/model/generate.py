@@ -27,7 +27,7 @@ model's eos ids) is :mod:`trainlab.model.text`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, Protocol, runtime_checkable
 
@@ -37,6 +37,9 @@ from torch import Tensor
 from trainlab.errors import UserError
 
 TokenIds = int | Sequence[int] | None
+#: ``on_step(tokens [B])``, called with each step's new tokens (finished rows hold padding); it may
+#: return a bool ``[B]`` mask (or one bool for every row) of rows to finish now, as an eos would.
+StepHook = Callable[[Tensor], "Tensor | bool | None"]
 
 
 @runtime_checkable
@@ -145,6 +148,7 @@ def generate(
     *,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    on_step: StepHook | None = None,
     **options: Any,
 ) -> Tensor:
     """Continue left-padded prompts ``input_ids [B, T]``; returns ``[B, T + n]``, ``n <= max_new_tokens``.
@@ -153,7 +157,9 @@ def generate(
     (``max_new_tokens=8, temperature=0.7``; keywords given with ``params`` replace its fields).
     ``n < max_new_tokens`` only when every row has finished at an eos. ``generator`` (on the
     logits' device) makes sampling reproducible. Right-padded prompts are rejected: a new token
-    would follow padding instead of the prompt.
+    would follow padding instead of the prompt. ``on_step`` (:data:`StepHook`) sees every step's
+    tokens as they are chosen (streaming) and may finish rows (stop strings); ``n < max_new_tokens``
+    then also when every row was finished by it.
     """
     sp = SamplingParams.of(params, options)
     if input_ids.dim() != 2:
@@ -190,7 +196,11 @@ def generate(
         if eos:
             finished |= torch.isin(nxt, eos_t)
         tokens.append(nxt[:, None])
-        if step == sp.max_new_tokens - 1 or (eos and bool(finished.all())):
+        if on_step is not None:
+            stop = on_step(nxt)
+            if stop is not None:
+                finished |= stop.to(device=device, dtype=torch.bool) if isinstance(stop, Tensor) else bool(stop)
+        if step == sp.max_new_tokens - 1 or bool(finished.all()):
             break
         mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
         if cached:
@@ -216,8 +226,9 @@ class GenerateMixin:
         *,
         generator: torch.Generator | None = None,
         use_cache: bool = True,
+        on_step: StepHook | None = None,
         **options: Any,
     ) -> Tensor:
         """Continue left-padded prompts; see :func:`trainlab.model.generate.generate`."""
         return generate(self, input_ids, attention_mask, params, generator=generator, use_cache=use_cache,
-                        **options)
+                        on_step=on_step, **options)
