@@ -50,6 +50,7 @@ class _Server:
     def __init__(self, app) -> None:
         import uvicorn
 
+        self.app = app
         self.port = _free_port()
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -256,6 +257,82 @@ def test_api_key(served):
         assert server.client(KEY).models.list().data[0].id == engine.name
     finally:
         server.stop()
+
+
+# ---- concurrent requests ----------------------------------------------------------------------
+
+
+def _wait_for(predicate, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_concurrent_requests_are_decoded_together_as_they_would_be_alone(served):
+    """Requests that wait while the model is busy share one left-padded batch; each gets its solo answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    server, engine, _ = served
+    client = server.client()
+    batcher = server.app.state.batcher
+    asks = [dict(prompt=p, max_tokens=m, temperature=0, stop=s) for p, m, s in (
+        ("The quick brown fox", 12, None), ("What is 2+3? The answer is", 5, None), ("Hi", 9, None),
+        ("Once upon a time there was a small model", 12, None), ("Sort the list: 3 1 2 ->", 7, None),
+        ("Hello, how are you", 16, ["e"]))]
+    solo = [client.completions.create(model=engine.name, **a).choices[0] for a in asks]
+    batches = batcher.stats.batches
+    with ThreadPoolExecutor(len(asks)) as pool:
+        with engine.lock:  # the model is busy: every request waits
+            futures = [pool.submit(client.completions.create, model=engine.name, **a) for a in asks]
+            _wait_for(lambda: batcher.admitted == len(asks), "requests were not admitted")
+            assert httpx.get(server.url + "/health").status_code == 200  # still serving
+        together = [f.result().choices[0] for f in futures]
+    assert [(c.text, c.finish_reason) for c in together] == [(c.text, c.finish_reason) for c in solo]
+    # the worker took what had arrived when it woke (then waited for the model), the rest came in one more batch
+    assert batcher.stats.batches - batches <= 2
+
+
+def test_a_full_queue_answers_503_and_the_admitted_requests_finish(served):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from trainlab.serve.app import create_app
+
+    _, engine, _ = served
+    server = _Server(create_app(engine, max_batch=4, max_queue=2))
+    body = {"model": engine.name, "messages": CHAT, "max_tokens": 3}
+    url = server.url + "/v1/chat/completions"
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            with engine.lock:
+                admitted = [pool.submit(httpx.post, url, json=body, timeout=60) for _ in range(2)]
+                _wait_for(lambda: server.app.state.batcher.admitted == 2, "requests were not admitted")
+                r = httpx.post(url, json=body)
+                assert r.status_code == 503 and r.json()["error"]["code"] == "overloaded"
+                r = httpx.post(url, json={**body, "stream": True})
+                assert r.status_code == 503
+            assert [f.result().status_code for f in admitted] == [200, 200]
+        assert httpx.post(url, json=body, timeout=60).status_code == 200
+    finally:
+        server.stop()
+
+
+def test_many_streaming_clients_all_answered(served):
+    """16 concurrent streaming clients, bounded in time: every stream ends with [DONE], none fails."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    server, engine, _ = served
+
+    def one(i: int) -> tuple[int, str]:
+        body = {"model": engine.name, "prompt": f"{i} + {i} =", "max_tokens": 8, "temperature": 0.7,
+                "stream": True}
+        with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=60) as r:
+            lines = [line for line in r.iter_lines() if line]
+            return r.status_code, lines[-1]
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, range(16)))
+    assert results == [(200, "data: [DONE]")] * 16
 
 
 # ---- the pre-serving check --------------------------------------------------------------------

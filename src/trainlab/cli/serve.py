@@ -53,6 +53,10 @@ def serve(
     name: Annotated[str | None, typer.Option("--name", help="model id clients send (default: the folder name)")]
     = None,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N")] = "auto",
+    max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="rows (choices) of concurrent requests "
+                                           "decoded together; 1: one request at a time")] = 8,
+    max_queue: Annotated[int, typer.Option("--max-queue", min=1, help="requests admitted (waiting or decoding); "
+                                           "more get 503")] = 64,
 ) -> None:
     """Serve a model behind an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models,
     /health)."""
@@ -68,5 +72,6 @@ def serve(
         _say(f"note: {note}")
     _say(f"serving {engine.name} (stops at ids {engine.check.stop_ids}) on http://{host}:{port}/v1 "
          f"(Ctrl-C to stop)")
-    application = serve_app.create_app(engine, api_key=api_key)  # type: ignore[attr-defined]
+    application = serve_app.create_app(engine, api_key=api_key, max_batch=max_batch,  # type: ignore[attr-defined]
+                                       max_queue=max_queue)
     uvicorn.run(application, host=host, port=port, log_level="warning")  # type: ignore[attr-defined]

@@ -10,8 +10,9 @@ generated token of every choice (the stop token included).
 Every refusal is a 4xx with an OpenAI error body (``{"error": {"message", "type", "param", "code"}}``):
 invalid JSON or fields 400, an unknown model 404, a missing or wrong bearer token 401 (when the server
 has an API key; ``/health`` stays open), a prompt past the context 400 ``context_length_exceeded``.
-Generation runs in a worker thread, so the server keeps answering while a request decodes; a
-streaming client that disconnects stops its generation at the next token.
+Generation runs on the batcher's thread (:mod:`~trainlab.serve.batching`: concurrent requests decoded
+together, at most ``max_queue`` admitted, 503 beyond), so the server keeps answering while requests
+decode; a client that disconnects stops its rows at the next token.
 """
 
 from __future__ import annotations
@@ -19,19 +20,19 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from trainlab.serve.engine import Choice, Engine, RequestError
+from trainlab.serve.batching import Batcher, QueueFull
+from trainlab.serve.engine import Choice, Engine, Job, RequestError
 from trainlab.serve.protocol import ChatCompletionRequest, CompletionRequest, error_body
 
 
@@ -64,9 +65,44 @@ def _sse(obj: Any) -> str:
     return f"data: {json.dumps(obj)}\n\n"
 
 
-def create_app(engine: Engine, *, api_key: str | None = None) -> FastAPI:
-    """The FastAPI app serving ``engine`` (``api_key``: every ``/v1`` request needs ``Bearer api_key``)."""
-    app = FastAPI(title="trainlab serve", docs_url=None, redoc_url=None, openapi_url=None)
+def _submit(batcher: Batcher, job: Job, done: Callable[[BaseException | None], None]) -> None:
+    try:
+        batcher.submit(job, done)
+    except QueueFull as exc:
+        raise RequestError(str(exc), status=503, code="overloaded", type_="server_error") from None
+
+
+async def _generate(batcher: Batcher, job: Job) -> list[Choice]:
+    """``job``'s choices, decoded by ``batcher`` (a 503 when its queue is full)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if not future.done():
+            future.set_exception(error) if error is not None else future.set_result(None)
+
+    _submit(batcher, job, lambda error: loop.call_soon_threadsafe(settle, error))
+    try:
+        await future
+    except asyncio.CancelledError:  # the client went away
+        job.cancelled.set()
+        raise
+    return job.choices
+
+
+def create_app(engine: Engine, *, api_key: str | None = None, max_batch: int = 8, max_queue: int = 64) -> FastAPI:
+    """The FastAPI app serving ``engine`` (``api_key``: every ``/v1`` request needs ``Bearer api_key``;
+    ``max_batch`` rows decoded together, ``max_queue`` requests admitted: :class:`~trainlab.serve.batching.Batcher`).
+    """
+    batcher = Batcher(engine, max_batch=max_batch, max_queue=max_queue)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        batcher.close()
+
+    app = FastAPI(title="trainlab serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.batcher = batcher
     created = int(time.time())
 
     @app.exception_handler(RequestValidationError)
@@ -108,7 +144,7 @@ def create_app(engine: Engine, *, api_key: str | None = None) -> FastAPI:
         return {"object": "list", "data": [card]}
 
     @app.post("/v1/chat/completions")
-    async def chat(body: ChatCompletionRequest, request: Request) -> Any:
+    async def chat(body: ChatCompletionRequest) -> Any:
         check_model(body.model)
         try:
             messages = [{"role": m.role, "content": m.text()} for m in body.messages]
@@ -120,7 +156,7 @@ def create_app(engine: Engine, *, api_key: str | None = None) -> FastAPI:
         kw = dict(max_tokens=budget, temperature=body.temperature, top_p=body.top_p, n=body.n, seed=body.seed,
                   stop=body.stop_list)
         if not body.stream:
-            choices = await run_in_threadpool(engine.generate, ids, **kw)
+            choices = await _generate(batcher, Job(ids, **kw))
             return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
                     "system_fingerprint": None,
                     "choices": [{"index": c.index, "message": {"role": "assistant", "content": c.text},
@@ -145,10 +181,10 @@ def create_app(engine: Engine, *, api_key: str | None = None) -> FastAPI:
                 out.append(chunk([], usage=_usage(len(ids), choices)))
             return out
 
-        return _stream(request, engine, ids, kw, first, delta, last)
+        return _stream(batcher, Job(ids, **kw), first, delta, last)
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest, request: Request) -> Any:
+    async def completions(body: CompletionRequest) -> Any:
         check_model(body.model)
         prompts = body.prompts
         if not prompts:
@@ -171,8 +207,9 @@ def create_app(engine: Engine, *, api_key: str | None = None) -> FastAPI:
         if not body.stream:
             all_choices: list[dict[str, Any]] = []
             prompt_tokens, completion_tokens = 0, 0
-            for p, (ids, budget) in enumerate(zip(encoded, budgets, strict=True)):
-                choices = await run_in_threadpool(engine.generate, ids, **kw(budget))
+            jobs = [Job(ids, **kw(budget)) for ids, budget in zip(encoded, budgets, strict=True)]
+            answers = await asyncio.gather(*(_generate(batcher, job) for job in jobs))  # batched together
+            for p, (ids, choices) in enumerate(zip(encoded, answers, strict=True)):
                 all_choices += [item(p * body.n + c.index, c.text, c.finish_reason) for c in choices]
                 prompt_tokens += len(ids)
                 completion_tokens += sum(len(c.token_ids) for c in choices)
@@ -182,7 +219,7 @@ def create_app(engine: Engine, *, api_key: str | None = None) -> FastAPI:
         if len(prompts) != 1:
             raise RequestError("stream: true takes one prompt", param="prompt")
         ids = encoded[0]
-        return _stream(request, engine, ids, kw(budgets[0]), lambda: [],
+        return _stream(batcher, Job(ids, **kw(budgets[0])), lambda: [],
                        lambda i, text: chunk([item(i, text, None)]),
                        lambda choices: [chunk([item(c.index, "", c.finish_reason)]) for c in choices]
                        + ([chunk([], usage=_usage(len(ids), choices))] if body.include_usage else []))
@@ -190,26 +227,23 @@ def create_app(engine: Engine, *, api_key: str | None = None) -> FastAPI:
     return app
 
 
-def _stream(request: Request, engine: Engine, ids: list[int], kw: dict[str, Any], first: Any, delta: Any,
-            last: Any) -> StreamingResponse:
+def _stream(batcher: Batcher, job: Job, first: Any, delta: Any, last: Any) -> StreamingResponse:
     """Server-sent events: ``first()`` chunks, a ``delta(index, text)`` chunk per new text, ``last(choices)``
-    chunks, ``[DONE]``. Generation runs in a thread; a disconnected client cancels it."""
+    chunks, ``[DONE]``. The job is queued now (a full queue is a 503 before any event); a client that
+    disconnects cancels it."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-    cancelled = threading.Event()
 
     def on_delta(index: int, text: str) -> None:
         loop.call_soon_threadsafe(queue.put_nowait, ("delta", (index, text)))
 
-    def work() -> None:
-        try:
-            choices = engine.generate(ids, on_delta=on_delta, cancelled=cancelled, **kw)
-            loop.call_soon_threadsafe(queue.put_nowait, ("done", choices))
-        except Exception as exc:  # reported in the stream: the status line has been sent already
-            loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
+    def done(error: BaseException | None) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, ("error", error) if error is not None else ("done", job.choices))
+
+    job.on_delta = on_delta
+    _submit(batcher, job, done)
 
     async def events() -> AsyncIterator[str]:
-        task = loop.run_in_executor(None, work)
         try:
             for obj in first():
                 yield _sse(obj)
@@ -218,7 +252,7 @@ def _stream(request: Request, engine: Engine, ids: list[int], kw: dict[str, Any]
                 if kind == "delta":
                     yield _sse(delta(*value))
                     continue
-                if kind == "error":
+                if kind == "error":  # the status line has been sent already: the error goes in the stream
                     yield _sse(error_body(f"generation failed: {value}", "server_error"))
                 else:
                     for obj in last(value):
@@ -226,9 +260,7 @@ def _stream(request: Request, engine: Engine, ids: list[int], kw: dict[str, Any]
                 yield "data: [DONE]\n\n"
                 break
         finally:
-            cancelled.set()  # the worker finishes every row at its next token and releases the model
-            del task
+            job.cancelled.set()  # a no-op when done; else its rows finish at the next token
 
-    del request
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -179,47 +179,92 @@ class Engine:
                  seed: int | None = None, stop: Sequence[str] = (), on_delta: DeltaHook | None = None,
                  cancelled: threading.Event | None = None) -> list[Choice]:
         """``n`` answers to the prompt ``ids`` (see the module docstring)."""
-        params = SamplingParams(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                                eos_token_id=self.check.stop_ids, pad_token_id=pad_id(self.tokenizer))
+        job = Job(ids, max_tokens=max_tokens, temperature=temperature, top_p=top_p, n=n, seed=seed, stop=stop,
+                  on_delta=on_delta, cancelled=cancelled or threading.Event())
+        self.run([job])
+        return job.choices
+
+    def run(self, jobs: Sequence[Job]) -> None:
+        """Decode ``jobs`` together (one left-padded batch of every job's ``n`` rows; :meth:`Job.batches_with`
+        must hold between them); fills each job's ``choices``."""
+        first = jobs[0]
+        if any(not first.batches_with(job) for job in jobs[1:]):
+            raise ValueError("these jobs need different sampling rules: decode them apart")
         stop_ids = set(self.check.stop_ids)
-        choices = [Choice(index=i) for i in range(n)]
+        rows: list[tuple[Job, Choice]] = []
+        for job in jobs:
+            job.choices = [Choice(index=i) for i in range(job.n)]
+            rows += [(job, c) for c in job.choices]
+        width = max(len(job.ids) for job in jobs)
+        input_ids = torch.full((len(rows), width), pad_id(self.tokenizer), dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, (job, _) in enumerate(rows):
+            input_ids[r, width - len(job.ids):] = torch.tensor(job.ids, dtype=torch.long)
+            mask[r, width - len(job.ids):] = 1
+        params = SamplingParams(max_new_tokens=max(job.max_tokens for job in jobs), temperature=first.temperature,
+                                top_p=first.top_p if first.temperature > 0 else 1.0,
+                                eos_token_id=self.check.stop_ids, pad_token_id=pad_id(self.tokenizer))
 
         def decode(c: Choice) -> str:
             body = c.token_ids[:-1] if c.token_ids and c.token_ids[-1] in stop_ids else c.token_ids
             return str(self.tokenizer.decode(body, skip_special_tokens=True))
 
-        def emit(c: Choice, final: bool) -> None:
-            end = len(c.text) if final else len(c.text) - _held_back(c.text, stop)
-            if on_delta is not None and end > c.sent:
-                on_delta(c.index, c.text[c.sent:end])
+        def emit(job: Job, c: Choice, final: bool) -> None:
+            end = len(c.text) if final else len(c.text) - _held_back(c.text, job.stop)
+            if job.on_delta is not None and end > c.sent:
+                job.on_delta(c.index, c.text[c.sent:end])
             c.sent = max(c.sent, end)
 
         def on_step(tokens: torch.Tensor) -> torch.Tensor:
-            finish = torch.zeros(n, dtype=torch.bool)
-            for c, tok in zip(choices, tokens.tolist(), strict=True):
+            finish = torch.zeros(len(rows), dtype=torch.bool)
+            for r, ((job, c), tok) in enumerate(zip(rows, tokens.tolist(), strict=True)):
                 if c.finish_reason is not None:
                     continue
                 c.token_ids.append(int(tok))
                 c.text = decode(c)
                 if tok in stop_ids:
                     c.finish_reason = "stop"
-                hits = [i for i in (c.text.find(s) for s in stop) if i >= 0]
+                hits = [i for i in (c.text.find(s) for s in job.stop) if i >= 0]
                 if hits:
                     c.text, c.finish_reason = c.text[:min(hits)], "stop"
-                    finish[c.index] = True
-                emit(c, final=c.finish_reason is not None)
-            if cancelled is not None and cancelled.is_set():
-                finish[:] = True
+                if c.finish_reason is None and (len(c.token_ids) >= job.max_tokens or job.cancelled.is_set()):
+                    c.finish_reason = "length"
+                finish[r] = c.finish_reason is not None
+                emit(job, c, final=c.finish_reason is not None)
             return finish
 
-        input_ids = torch.tensor([ids] * n, dtype=torch.long, device=self.device)
         generator = torch.Generator(device=self.device)
-        if temperature > 0:
-            generator.manual_seed(seed if seed is not None else random.getrandbits(63))
+        if first.temperature > 0:
+            seed = first.seed if len(jobs) == 1 and first.seed is not None else random.getrandbits(63)
+            generator.manual_seed(seed)
         with self.lock, torch.no_grad():
-            self.model.generate(input_ids, torch.ones_like(input_ids), params, generator=generator, on_step=on_step)
-        for c in choices:
+            self.model.generate(input_ids.to(self.device), mask.to(self.device), params, generator=generator,
+                                on_step=on_step)
+        for job, c in rows:
             if c.finish_reason is None:
                 c.finish_reason = "length"
-                emit(c, final=True)
-        return choices
+                emit(job, c, final=True)
+
+
+@dataclass
+class Job:
+    """One request's generation: the prompt ``ids`` answered ``n`` times (what :meth:`Engine.run` batches)."""
+
+    ids: list[int]
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    n: int = 1
+    seed: int | None = None
+    stop: Sequence[str] = ()
+    on_delta: DeltaHook | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    choices: list[Choice] = field(default_factory=list)
+
+    def batches_with(self, other: Job) -> bool:
+        """Whether two jobs may share a decode: both greedy, or the same temperature and top_p and no seed (a
+        seeded draw must not depend on what it was batched with)."""
+        if self.temperature == 0 and other.temperature == 0:
+            return True
+        return (self.seed is None and other.seed is None
+                and (self.temperature, self.top_p) == (other.temperature, other.top_p))
