@@ -335,6 +335,25 @@ def test_many_streaming_clients_all_answered(served):
     assert results == [(200, "data: [DONE]")] * 16
 
 
+def test_a_cancelled_job_stops_at_the_next_token(served):
+    """What a disconnecting client triggers: its rows finish at the next token, the others go on."""
+    from trainlab.serve.engine import Job
+
+    _, engine, _ = served
+    ids = engine.text_prompt("The quick brown fox")
+    keep = Job(ids, max_tokens=20, temperature=0, stop=())
+    leave = Job(ids, max_tokens=20, temperature=0, n=2)
+    leave.on_delta = lambda index, text: leave.cancelled.set()
+    engine.run([keep, leave])
+    free = engine.generate(ids, max_tokens=20, temperature=0)[0]
+    assert [(c.text, c.finish_reason) for c in keep.choices] == [(free.text, free.finish_reason)]
+    # the first text is sent at step k (row 0 cancels there); row 1 finishes at step k, row 0 at k + 1
+    k = len(leave.choices[1].token_ids)
+    assert len(free.token_ids) == 20 and k < 19
+    assert [len(c.token_ids) for c in leave.choices] == [k + 1, k]
+    assert [c.finish_reason for c in leave.choices] == ["length", "length"]
+
+
 # ---- the pre-serving check --------------------------------------------------------------------
 
 
