@@ -28,9 +28,10 @@ CheckpointPolicy = Literal["none", "full", "every_n", "selective"]
 
 
 class StrictModel(BaseModel):
-    """Base for every config section: unknown keys are errors, assignments are validated."""
+    """Base for every config section: unknown keys are errors, assignments are validated, numbers are finite
+    (``train.lr=inf`` would train a NaN model)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(StrictModel):
@@ -248,7 +249,8 @@ def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
 
 
 def _suggest(key: str, model: type[BaseModel]) -> str:
-    keys = known_keys(model)
+    depth = key.count(".") + 1  # a section is compared with sections (`trainn` -> `train`), a key with keys
+    keys = list(dict.fromkeys(".".join(k.split(".")[:depth]) for k in known_keys(model)))
     close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
     if not close:
         leaf = key.rsplit(".", 1)[-1]

@@ -175,9 +175,29 @@ def model_config_from_hf(config: dict[str, Any], *, where: str | Path | None = N
         raise refuse(f"{type(exc).__name__}: {exc}") from None
 
 
-def _save_tokenizer(tokenizer: Any, out: Path) -> None:
+# what transformers 5 writes into any re-saved tokenizer_config.json: how the tokenizer was loaded, not what it is
+_LOAD_ARGUMENTS = ("is_local", "local_files_only")
+
+
+def save_tokenizer(tokenizer: Any, out: Path, source: Path | None = None) -> None:
+    """Save ``tokenizer`` into the folder ``out`` with the config it was loaded with.
+
+    transformers' ``save_pretrained`` adds its load arguments (``is_local``, ``local_files_only``) to
+    ``tokenizer_config.json``; they are removed again unless the ``source`` folder's config has them.
+    """
     if hasattr(tokenizer, "save_pretrained"):
         tokenizer.save_pretrained(str(out))
+        config_file, source_file = out / "tokenizer_config.json", (source or out) / "tokenizer_config.json"
+        if not config_file.is_file():
+            return
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        keep = json.loads(source_file.read_text(encoding="utf-8")) if source is not None and source_file.is_file() \
+            else {}
+        drop = [k for k in _LOAD_ARGUMENTS if k in config and k not in keep]
+        if drop:
+            for k in drop:
+                del config[k]
+            config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     elif hasattr(tokenizer, "save"):  # a bare `tokenizers.Tokenizer`
         tokenizer.save(str(out / "tokenizer.json"))
     else:
@@ -231,7 +251,8 @@ def save_pretrained(model: Decoder, out_dir: str | Path, tokenizer: Any = None, 
             (tmp / "generation_config.json").write_text(json.dumps(generation_config, indent=2) + "\n",
                                                          encoding="utf-8")
         if tokenizer is not None:
-            _save_tokenizer(tokenizer, tmp)
+            source = getattr(model, "source", None)
+            save_tokenizer(tokenizer, tmp, source.path if source is not None else None)
         publish_folder(tmp, out)
     finally:
         if tmp.exists():

@@ -80,7 +80,7 @@ def _restore_dropout_config(config: Any, model: Any) -> dict[str, Any]:
 
 def _save_hf(model: Any, tokenizer: Any, out: Path, dtype: torch.dtype) -> Path:
     from trainlab.model.hf import quiet_transformers
-    from trainlab.model.hf_export import publish_folder
+    from trainlab.model.hf_export import publish_folder, save_tokenizer
 
     hf = model.model
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -90,7 +90,8 @@ def _save_hf(model: Any, tokenizer: Any, out: Path, dtype: torch.dtype) -> Path:
         with quiet_transformers():
             hf.save_pretrained(str(tmp), state_dict=cast_state_dict(hf.state_dict(), dtype))
             if tokenizer is not None:
-                tokenizer.save_pretrained(str(tmp))
+                source = getattr(model, "source", None)
+                save_tokenizer(tokenizer, tmp, source.path if source is not None else None)
         # transformers writes the in-memory parameters' dtype (float32) into config.json
         config_file = tmp / "config.json"
         config = json.loads(config_file.read_text(encoding="utf-8"))

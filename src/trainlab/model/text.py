@@ -13,6 +13,9 @@ gives on the same model and prompt:
   else ``config.json``, as transformers' ``GenerationConfig.from_model_config``), plus the
   tokenizer's eos and the chat template's end-of-turn token (``<|im_end|>``, ``</s>``,
   ``<|eot_id|>``...), which a chat model emits to end its answer.
+* **Positions**: a model with a learned position table (GPT-2's ``n_positions``) is refused a prompt
+  plus ``max_new_tokens`` longer than the table (transformers fails there with an ``IndexError``);
+  rotary models continue past their configured length, as in transformers.
 * **Batches** are left-padded (:func:`encode_prompts`), positions from the mask, so every prompt
   continues exactly as it would alone.
 """
@@ -122,6 +125,41 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str]) -> tuple[Tensor, Tens
     return input_ids, attention_mask
 
 
+def learned_positions(model: Any) -> int | None:
+    """How many positions a model with a learned absolute position table has (GPT-2's ``wpe``:
+    ``n_positions``); None when positions are computed (RoPE), which run past the configured length.
+
+    transformers' ``generate`` indexes past such a table (an ``IndexError``); :func:`generate_ids` refuses.
+    """
+    from trainlab.model.hf import HFCausalLM
+
+    if not isinstance(model, HFCausalLM):
+        return None  # our decoder: rotary positions
+    tables = [m.num_embeddings for name, m in model.model.named_modules()
+              if isinstance(m, torch.nn.Embedding) and any(k in name.rsplit(".", 1)[-1] for k in ("wpe", "pos"))]
+    if not tables:
+        return None
+    config = model.model.config
+    named = [v for k in ("n_positions", "max_position_embeddings") if isinstance(v := getattr(config, k, None), int)]
+    return min(tables + named[:1])
+
+
+def _check_positions(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int) -> None:
+    limit = learned_positions(model)
+    if limit is None:
+        return
+    name = type(model.model).__name__
+    for i, prompt in enumerate(prompts):
+        n = len(prompt_ids(tokenizer, prompt))
+        if n > limit:
+            raise UserError(f"prompt {i + 1} has {n} tokens: longer than the {limit} positions {name} has "
+                            "(a learned position table); shorten it")
+        if n + max_new_tokens > limit:
+            raise UserError(f"prompt {i + 1} ({n} tokens) + max_new_tokens (--max-new-tokens) {max_new_tokens} "
+                            f"run past the {limit} positions {name} has (a learned position table); "
+                            f"ask for at most {limit - n} new tokens")
+
+
 def _cut_at_stop(row: list[int], stop: set[int]) -> list[int]:
     for j, tok in enumerate(row):
         if tok in stop:
@@ -143,6 +181,7 @@ def generate_ids(model: Any, tokenizer: Any, prompts: Sequence[str], params: Sam
         sp = SamplingParams.of(sp, {"eos_token_id": stop_token_ids(model, tokenizer)})
     if sp.pad_token_id is None:
         sp = SamplingParams.of(sp, {"pad_token_id": pad_id(tokenizer)})
+    _check_positions(model, tokenizer, prompts, sp.max_new_tokens)
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed) if sp.temperature > 0 else None
     stop = set(sp.eos_ids)

@@ -183,12 +183,16 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
 
 def check_run_dirs(out_dir: str | Path, resume: ResumeMode = False, inputs: dict[str, str | Path | None] | None = None,
                    *, force: bool = False) -> None:
-    """Before any work: ``--resume`` needs ``out_dir/checkpoint.pt``; ``out_dir`` must not be or contain an input;
+    """Before any work: ``out_dir`` must be a folder or creatable as one (no file in the way); ``--resume`` needs
+    ``out_dir/checkpoint.pt``; ``out_dir`` must not be or contain an input;
     a fresh start (no ``--resume``) does not overwrite the checkpoint of an unfinished run unless ``force``.
 
     ``inputs`` maps an option name (``"--model"``) to the folder it reads. Raises `UserError`.
     """
     out = Path(out_dir).expanduser().resolve()
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise UserError(f"--out {out_dir}: {existing} is not a folder (a file is in the way); choose another --out")
     for option, path in (inputs or {}).items():
         if path is None:
             continue

@@ -1,0 +1,153 @@
+"""A TRL user's first hour with trainlab: the inputs a user really types, checked as a user sees them.
+
+Each case is a regression found by acting as that user (tiny local transformers models from
+``_hf_tiny``, TRL's data formats, bad input of every kind). The contract checked is the CLI's:
+exit 0 and a folder ``transformers`` loads as it was given (tokenizer files unchanged); exit 2 with
+ONE line on stderr that names the key, file or option and what was expected; never a traceback.
+Commands run in-process (``trainlab.cli.run_cli``) so the file stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from _hf_tiny import hf_model_dir
+
+from trainlab.cli import run_cli
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("journey-models")
+    return {arch: hf_model_dir(root / arch, arch, positions=64) for arch in ("gpt2", "qwen3")}
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("journey-data") / "pairs.jsonl"
+    rows = [{"prompt": f"What is {i}+3?", "chosen": f" The answer is {i + 3}.", "rejected": " I do not know."}
+            for i in range(8)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _cli(capfd: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = run_cli([str(a) for a in args])
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
+def _one_line_error(code: int, err: str, *needles: str) -> None:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2, (code, err)
+    assert "Traceback" not in err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+# ------------------------------------------------------------------------------ values no run can use
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("train.lr=inf", "train.lr"),            # was accepted: lr nan at step 1, a NaN model saved, exit 0
+    ("train.eps=inf", "train.eps"),          # was accepted: every update 0, exit 0
+    ("align.beta=inf", "align.beta"),        # was accepted: diverged at step 1 (exit 1)
+])
+def test_infinite_numbers_are_bad_values(capfd: pytest.CaptureFixture[str], tmp_path: Path,
+                                         models: dict[str, Path], pairs: Path, override: str, key: str) -> None:
+    code, _, err = _cli(capfd, "dpo", "--model", models["gpt2"], "--data", pairs, "--out", tmp_path / "out",
+                        "--max-steps", "1", override)
+    _one_line_error(code, err, key, "finite")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("yaml_text", "needles"), [
+    ("trainn:\n  lr: 1e-3\n", ("cfg.yaml:1", "trainn", "did you mean train?")),  # was: 'did you mean train.lr?'
+    ("align:\n  betta: 0.2\n", ("cfg.yaml:2", "align.betta", "did you mean align.beta?")),
+])
+def test_config_file_typos_suggest_what_was_meant(capfd: pytest.CaptureFixture[str], tmp_path: Path,
+                                                  models: dict[str, Path], pairs: Path, yaml_text: str,
+                                                  needles: tuple[str, ...]) -> None:
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml_text, encoding="utf-8")
+    code, _, err = _cli(capfd, "dpo", "--model", models["gpt2"], "--data", pairs, "--out", tmp_path / "out",
+                        "-c", cfg)
+    _one_line_error(code, err, *needles)
+
+
+# ---------------------------------------------------------------------------------------- output folder
+
+@pytest.mark.parametrize("where", ["file", "under-a-file"])
+def test_out_that_cannot_be_a_folder(capfd: pytest.CaptureFixture[str], tmp_path: Path,
+                                     models: dict[str, Path], pairs: Path, where: str) -> None:
+    """Was a FileExistsError/NotADirectoryError traceback (exit 1) after loading model and data."""
+    afile = tmp_path / "notes.txt"
+    afile.write_text("keep me\n", encoding="utf-8")
+    out = afile if where == "file" else afile / "run"
+    for command in ("dpo", "sft"):
+        code, _, err = _cli(capfd, command, "--model", models["gpt2"], "--data", pairs, "--out", out,
+                            "--max-steps", "1")
+        _one_line_error(code, err, "--out", str(afile), "not a folder")
+    assert afile.read_text(encoding="utf-8") == "keep me\n"
+
+
+# ----------------------------------------------------------------------------------------- generation
+
+@pytest.mark.parametrize(("words", "new_tokens", "needles"), [
+    (40, 4, ("prompt 1", "64 positions")),         # the prompt alone is longer than the position table
+    (10, 60, ("--max-new-tokens", "64 positions")),  # prompt + new tokens run past it
+])
+def test_generate_past_learned_positions(capfd: pytest.CaptureFixture[str], models: dict[str, Path], words: int,
+                                         new_tokens: int, needles: tuple[str, ...]) -> None:
+    """GPT-2 has a learned table of n_positions: indexing past it was an IndexError traceback (exit 1)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(models["gpt2"]))
+    prompt = " ".join(["fox"] * words)
+    assert (len(tok(prompt)["input_ids"]) > 64) == (words == 40)
+    code, _, err = _cli(capfd, "generate", "--model", models["gpt2"], "-p", "hi", "-p", prompt,
+                        "--max-new-tokens", str(new_tokens))
+    needles = tuple(n.replace("prompt 1", "prompt 2") for n in needles)
+    _one_line_error(code, err, "GPT2LMHeadModel", *needles)
+
+
+def test_generate_within_learned_positions_still_matches_transformers(capfd: pytest.CaptureFixture[str],
+                                                                      models: dict[str, Path]) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(models["gpt2"]))
+    prompt = " ".join(["fox"] * 10)
+    n = len(tok(prompt)["input_ids"])
+    code, out, err = _cli(capfd, "generate", "--model", models["gpt2"], "-p", prompt, "--max-new-tokens",
+                          str(64 - n), "--json")
+    assert code == 0, err
+    hf = AutoModelForCausalLM.from_pretrained(str(models["gpt2"])).eval()
+    with torch.no_grad():
+        ids = hf.generate(**tok(prompt, return_tensors="pt"), max_new_tokens=64 - n, do_sample=False,
+                          pad_token_id=tok.eos_token_id)
+    want = tok.decode(ids[0, n:], skip_special_tokens=True)
+    assert json.loads(out)[0]["completion"] == want
+
+
+# ------------------------------------------------------------------------------------- the saved folder
+
+@pytest.mark.parametrize("arch", ["gpt2", "qwen3"])
+def test_saved_tokenizer_files_are_the_input_files(capfd: pytest.CaptureFixture[str], tmp_path: Path,
+                                                   models: dict[str, Path], pairs: Path, arch: str) -> None:
+    """transformers 5 writes its load arguments (``is_local``, ``local_files_only``) into a re-saved
+    tokenizer_config.json; a folder trainlab saves has the user's tokenizer config, unchanged."""
+    code, _, err = _cli(capfd, "dpo", "--model", models[arch], "--data", pairs, "--out", tmp_path / "out",
+                        "--max-steps", "1")
+    assert code == 0, err
+    saved = tmp_path / "out" / "model"
+    for name in ("tokenizer_config.json", "tokenizer.json", "chat_template.jinja"):
+        src = models[arch] / name
+        assert (saved / name).is_file() == src.is_file(), name
+        if src.is_file():
+            got, want = (saved / name).read_text(encoding="utf-8"), src.read_text(encoding="utf-8")
+            if name.endswith(".json"):
+                got, want = json.loads(got), json.loads(want)
+            assert got == want, name
