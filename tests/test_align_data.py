@@ -134,10 +134,10 @@ def test_conversational_records(tok) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_unpaired_records() -> None:
-    rows = [{"prompt": "1+1=", "completion": "2", "label": True}, {"prompt": "1+1=", "completion": "3", "label": 0},
+    rows = [{"prompt": "1+1=", "completion": "2", "label": True}, {"prompt": "1+1=", "completion": "3", "label": 3},
             GOOD_1, GOOD_2]
     report = load_records(rows, "unpaired")
-    assert report.skipped == 1 and "expected true or false under 'label'" in str(report.issues[0])
+    assert report.skipped == 1 and "expected true or false (or 1/0) under 'label', got 3" in str(report.issues[0])
     # pairs are unpaired as TRL's unpair_preference_dataset: every chosen, then every rejected
     assert [(r.completion, r.label) for r in report.records] == [("2", True), ("15", True), ("1 2 3", True),
                                                                  ("16", False), ("3 2 1", False)]

@@ -151,3 +151,53 @@ def test_saved_tokenizer_files_are_the_input_files(capfd: pytest.CaptureFixture[
             if name.endswith(".json"):
                 got, want = json.loads(got), json.loads(want)
             assert got == want, name
+
+
+# ------------------------------------------------------------------------------------------ data files
+
+def test_kto_labels_as_ones_and_zeros(tmp_path: Path) -> None:
+    """TRL reads ``label`` as ``torch.as_tensor(label, dtype=torch.bool)``: an int64 0/1 column (pandas,
+    parquet, CSV) is a KTO dataset there; every record was rejected here ('got int')."""
+    import datasets
+
+    from trainlab.align.records import load_records
+
+    rows = [{"prompt": f"{i}+1=", "completion": f" {i + 1 + (i % 2)}", "label": int(i % 2 == 0)} for i in range(6)]
+    path = tmp_path / "kto.parquet"
+    datasets.Dataset.from_list(rows).to_parquet(str(path))
+    report = load_records(path, "unpaired")
+    assert report.skipped == 0
+    assert [r.label for r in report.records] == [True, False] * 3
+    bad = load_records([*rows, dict(rows[0], label=2)], "unpaired")
+    assert bad.skipped == 1 and "expected true or false (or 1/0) under 'label', got 2" in str(bad.issues[0])
+
+
+@pytest.mark.parametrize(("name", "content", "needle"), [
+    ("broken.json", '[{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": ', "cannot read as a dataset"),
+    ("broken.csv", 'prompt,chosen,rejected\n"a,b\n', "cannot read as a dataset"),
+    ("broken.parquet", "PAR1garbagePAR1", "cannot read as a dataset: Parquet file size"),
+])
+def test_unreadable_dataset_files_are_one_line(capfd: pytest.CaptureFixture[str], tmp_path: Path,
+                                               models: dict[str, Path], name: str, content: str, needle: str) -> None:
+    """Was: a 'Generating train split' progress bar and the reader's own log line on stderr before the
+    error, which said only 'An error occurred while generating the dataset'."""
+    data = tmp_path / name
+    data.write_text(content, encoding="utf-8")
+    code, _, err = _cli(capfd, "dpo", "--model", models["gpt2"], "--data", data, "--out", tmp_path / "out",
+                        "--max-steps", "1")
+    _one_line_error(code, err, str(data), needle)
+    assert "error occurred while generating" not in err
+
+
+def test_a_good_parquet_file_trains_without_progress_bars(capfd: pytest.CaptureFixture[str], tmp_path: Path,
+                                                          models: dict[str, Path], pairs: Path) -> None:
+    import datasets
+
+    data = tmp_path / "pairs.parquet"
+    datasets.Dataset.from_json(str(pairs)).to_parquet(str(data))
+    capfd.readouterr()
+    code, _, err = _cli(capfd, "dpo", "--model", models["gpt2"], "--data", data, "--out", tmp_path / "out",
+                        "--max-steps", "1")
+    assert code == 0, err
+    assert "Generating" not in err and "examples/s" not in err
+    assert "training data: 8 pairs" in err

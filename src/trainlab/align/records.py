@@ -14,8 +14,8 @@ values are lists of ``{"role", "content"}`` messages.
   UltraFeedback layout (a ``prompt`` string and full ``chosen``/``rejected`` conversations that
   repeat it as their first user message; the prompt is then taken from the conversations, as
   TRL's ``maybe_extract_prompt`` does) -> `PreferenceRecord`;
-* unpaired (KTO): ``{"prompt", "completion", "label": bool}``; preference records are unpaired
-  as TRL's ``unpair_preference_dataset`` does (`unpair`).
+* unpaired (KTO): ``{"prompt", "completion", "label": bool}`` (0/1 too, as TRL reads it); preference
+  records are unpaired as TRL's ``unpair_preference_dataset`` does (`unpair`).
 
 SFT also accepts a preference record (trained on ``chosen``).
 
@@ -42,6 +42,7 @@ import json
 import random
 import re
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -389,10 +390,15 @@ def unpaired_record(row: dict[str, Any], tokenizer: Any, where: str = "") -> Com
         return preference_record(row, tokenizer, where)
     if "label" not in row:
         raise RecordError(f"missing key 'label' (keys present: {_keys(row)})", "label")
-    if not isinstance(row["label"], bool):
-        raise RecordError(f"expected true or false under 'label', got {_type_name(row['label'])}", "label")
+    label = row["label"]
+    # TRL reads the label as torch.as_tensor(label, dtype=torch.bool): 0/1 columns (int64 from pandas, parquet) count
+    if isinstance(label, int) and not isinstance(label, bool) and label in (0, 1):
+        label = bool(label)
+    if not isinstance(label, bool):
+        shown = repr(label) if isinstance(label, int | float) else _type_name(label)
+        raise RecordError(f"expected true or false (or 1/0) under 'label', got {shown}", "label")
     p, c, chat = _render(tokenizer, _value(row, "prompt"), _value(row, "completion"), "completion")
-    return CompletionRecord(prompt=p, completion=c, label=row["label"], where=where, chat=chat)
+    return CompletionRecord(prompt=p, completion=c, label=label, where=where, chat=chat)
 
 
 def unpair(pairs: Sequence[PreferenceRecord], batch: int = 1000) -> list[CompletionRecord]:
@@ -429,6 +435,23 @@ def _dataset_rows(dataset: Any, name: str) -> Iterator[Row]:
             RecordError(f"expected an object, got {_type_name(row)}")
 
 
+@contextmanager
+def _quiet_datasets(datasets: Any) -> Iterator[None]:
+    """No progress bars ("Generating train split") or log lines from `datasets` while it reads a file:
+    trainlab prints what loading did itself, and a bad file is one error line."""
+    from datasets.utils import logging as ds_logging
+
+    bars_off, verbosity = datasets.are_progress_bars_disabled(), ds_logging.get_verbosity()
+    datasets.disable_progress_bars()
+    ds_logging.set_verbosity(ds_logging.CRITICAL)  # a reader logs its failure before raising it: reported once
+    try:
+        yield
+    finally:
+        ds_logging.set_verbosity(verbosity)
+        if not bars_off:
+            datasets.enable_progress_bars()
+
+
 def _open_dataset(path: Path, split: str) -> Any:
     try:
         import datasets
@@ -436,12 +459,17 @@ def _open_dataset(path: Path, split: str) -> Any:
         raise UserError("reading a datasets folder needs the `datasets` package (pip install datasets)",
                         path=path) from None
     try:
-        if path.is_dir():
-            ds = datasets.load_from_disk(str(path))
-        else:
-            ds = datasets.load_dataset(_DATASET_SUFFIXES[path.suffix.lower()], data_files=str(path), split="train")
+        with _quiet_datasets(datasets):
+            if path.is_dir():
+                ds = datasets.load_from_disk(str(path))
+            else:
+                ds = datasets.load_dataset(_DATASET_SUFFIXES[path.suffix.lower()], data_files=str(path),
+                                           split="train")
     except Exception as exc:  # datasets raises many kinds for unreadable inputs
-        raise UserError(f"cannot read as a dataset: {str(exc).splitlines()[0]}", path=path) from None
+        while exc.__cause__ is not None or exc.__context__ is not None:  # the reader's own words, not the wrapper's
+            exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        raise UserError(f"cannot read as a dataset: {lines[0]}", path=path) from None
     if isinstance(ds, datasets.DatasetDict):
         if split not in ds:
             raise UserError(f"dataset has no split {split!r} (splits: {', '.join(ds)})", path=path)
