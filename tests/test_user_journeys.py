@@ -201,3 +201,18 @@ def test_a_good_parquet_file_trains_without_progress_bars(capfd: pytest.CaptureF
     assert code == 0, err
     assert "Generating" not in err and "examples/s" not in err
     assert "training data: 8 pairs" in err
+
+
+# ---------------------------------------------------------------------------------------------- resume
+
+def test_resume_with_another_method_is_refused(capfd: pytest.CaptureFixture[str], tmp_path: Path,
+                                               models: dict[str, Path], pairs: Path) -> None:
+    """`trainlab orpo --resume` on a DPO run's checkpoint (same model, same pairs) continued it as ORPO."""
+    out = tmp_path / "run"
+    base = ("--model", models["gpt2"], "--data", pairs, "--out", out)
+    code, _, err = _cli(capfd, "dpo", *base, "--max-steps", "1", "train.keep_checkpoint=true")
+    assert code == 0 and (out / "checkpoint.pt").is_file(), err
+    code, _, err = _cli(capfd, "orpo", *base, "--max-steps", "2", "--resume")
+    _one_line_error(code, err, "cannot resume", "method dpo != orpo", "--force")
+    code, _, err = _cli(capfd, "dpo", *base, "--max-steps", "2", "--resume")
+    assert code == 0, err

@@ -158,7 +158,7 @@ def run_alignment(method: str, cfg: AlignRunConfig, model_path: str | Path, out_
             memory = training_memory(model, lambda: objective(model, first),
                                      frozen_copies=[ref.frozen.model] if ref.frozen is not None else [])
         run_config = dump_config(cfg) | {"method": method, "model_in": str(model_path), "data_info": data.info}
-        identity = {"model": folder_fingerprint(model_path), "data": data.train.fingerprint()}
+        identity = {"method": method, "model": folder_fingerprint(model_path), "data": data.train.fingerprint()}
         if cfg.align.ref_model:
             identity["ref_model"] = folder_fingerprint(cfg.align.ref_model)
         trainer = Trainer(model, objective, batcher, cfg.train, out, eval_fn=evaluation_fn(spec, cfg, data, ref),
