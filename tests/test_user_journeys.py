@@ -216,3 +216,24 @@ def test_resume_with_another_method_is_refused(capfd: pytest.CaptureFixture[str]
     _one_line_error(code, err, "cannot resume", "method dpo != orpo", "--force")
     code, _, err = _cli(capfd, "dpo", *base, "--max-steps", "2", "--resume")
     assert code == 0, err
+
+
+@pytest.mark.parametrize(("override", "needle"), [
+    ("learning_rate=1e-6", "TRL's learning_rate is train.lr in trainlab"),
+    ("train.learning_rate=1e-6", "TRL's learning_rate is train.lr"),  # was: 'did you mean train.min_lr_ratio?'
+    ("beta=0.2", "TRL's beta is align.beta"),
+    ("align.max_grad_norm=1", "TRL's max_grad_norm is train.grad_clip"),
+    ("train.per_device_train_batch_size=4", "TRL's per_device_train_batch_size is train.batch_size"),
+    ("bf16=true", "TRL's bf16 is train.precision=bf16"),
+])
+def test_trl_argument_names_point_to_trainlab_keys(capfd: pytest.CaptureFixture[str], tmp_path: Path,
+                                                   models: dict[str, Path], pairs: Path, override: str,
+                                                   needle: str) -> None:
+    from trainlab.align.config import AlignRunConfig
+    from trainlab.config import TRL_NAMES, known_keys
+
+    keys = known_keys(AlignRunConfig)
+    assert all(v.split("=")[0] in keys for v in TRL_NAMES.values())  # every target is a real key
+    code, _, err = _cli(capfd, "dpo", "--model", models["gpt2"], "--data", pairs, "--out", tmp_path / "out",
+                        override)
+    _one_line_error(code, err, override.split("=")[0], "unknown key", needle)

@@ -248,7 +248,29 @@ def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
+# TRL / transformers TrainingArguments names a user coming from TRL types, and trainlab's key (README "Coming from TRL")
+TRL_NAMES: dict[str, str] = {
+    "learning_rate": "train.lr", "num_train_epochs": "train.epochs", "max_steps": "train.max_steps",
+    "per_device_train_batch_size": "train.batch_size", "gradient_accumulation_steps": "train.grad_accum",
+    "adam_beta1": "train.beta1", "adam_beta2": "train.beta2", "adam_epsilon": "train.eps",
+    "weight_decay": "train.weight_decay", "max_grad_norm": "train.grad_clip", "warmup_steps": "train.warmup_steps",
+    "seed": "train.seed", "logging_steps": "train.log_every", "eval_steps": "train.eval_every",
+    "save_steps": "train.save_every", "report_to": "train.report_to", "bf16": "train.precision=bf16",
+    "fp16": "train.precision=fp16", "gradient_checkpointing": "model.checkpointing=full",
+    "beta": "align.beta", "loss_type": "align.loss_type", "label_smoothing": "align.label_smoothing",
+    "rpo_alpha": "align.rpo_alpha", "simpo_gamma": "align.simpo_gamma", "max_length": "align.max_length",
+    "max_prompt_length": "align.max_prompt_length", "max_completion_length": "align.max_completion_length",
+    "truncation_mode": "align.truncation_mode", "desirable_weight": "align.kto_desirable_weight",
+    "undesirable_weight": "align.kto_undesirable_weight", "disable_dropout": "align.disable_dropout",
+    "precompute_ref_log_probs": "align.reference=cached", "completion_only_loss": "align_data.completion_only_loss",
+    "assistant_only_loss": "align_data.assistant_only_loss",
+}
+
+
 def _suggest(key: str, model: type[BaseModel]) -> str:
+    trl = TRL_NAMES.get(key.rsplit(".", 1)[-1])
+    if trl is not None and trl.split("=")[0] in known_keys(model) and trl.split("=")[0] != key:
+        return f" (TRL's {key.rsplit('.', 1)[-1]} is {trl} in trainlab)"
     depth = key.count(".") + 1  # a section is compared with sections (`trainn` -> `train`), a key with keys
     keys = list(dict.fromkeys(".".join(k.split(".")[:depth]) for k in known_keys(model)))
     close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
