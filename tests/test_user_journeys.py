@@ -237,3 +237,28 @@ def test_trl_argument_names_point_to_trainlab_keys(capfd: pytest.CaptureFixture[
     code, _, err = _cli(capfd, "dpo", "--model", models["gpt2"], "--data", pairs, "--out", tmp_path / "out",
                         override)
     _one_line_error(code, err, override.split("=")[0], "unknown key", needle)
+
+
+# ------------------------------------------------------------------------------------------------ PEFT
+
+def test_peft_on_a_saved_folder_and_an_adapter_given_as_model(capfd: pytest.CaptureFixture[str], tmp_path: Path,
+                                                              models: dict[str, Path], pairs: Path) -> None:
+    """A folder trainlab saved is a plain transformers folder: peft.get_peft_model trains it, and the
+    adapter saves and loads. The adapter folder itself given as --model was 'no config.json: not a model
+    folder'; it is named as a PEFT adapter with the fix."""
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    code, _, err = _cli(capfd, "dpo", "--model", models["qwen3"], "--data", pairs, "--out", tmp_path / "run",
+                        "--max-steps", "1")
+    assert code == 0, err
+    saved = tmp_path / "run" / "model"
+    lora = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(str(saved)),
+                               peft.LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    batch = AutoTokenizer.from_pretrained(str(saved))("What is 2+3?", return_tensors="pt")
+    lora(**batch, labels=batch["input_ids"]).loss.backward()
+    lora.save_pretrained(str(tmp_path / "adapter"))
+    capfd.readouterr()  # transformers' own loading bars above
+    for command in (("dpo", "--data", pairs, "--out", tmp_path / "out2", "--max-steps", "1"), ("generate", "-p", "hi")):
+        code, _, err = _cli(capfd, command[0], "--model", tmp_path / "adapter", *command[1:])
+        _one_line_error(code, err, "PEFT adapter", "merge_and_unload")

@@ -39,6 +39,21 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def not_a_model_folder(path: Path) -> UserError:
+    """The error for a folder without ``config.json``; a PEFT adapter folder is named as one, with the fix."""
+    adapter = path / "adapter_config.json"
+    if adapter.is_file():
+        try:
+            base = json.loads(adapter.read_text(encoding="utf-8")).get("base_model_name_or_path")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            base = None
+        on = f" on {base}" if base else ""
+        return UserError(f"a PEFT adapter{on} (adapter_config.json), not a model folder: merge it into its base "
+                         "(peft: PeftModel.from_pretrained(base, DIR).merge_and_unload().save_pretrained(OUT), "
+                         "with the tokenizer) and pass that folder", path=path)
+    return UserError("no config.json: not a model folder", path=path)
+
+
 def _causal_lm_classes() -> tuple[set[str], set[str]]:
     """(model types, class names) that ``AutoModelForCausalLM`` loads."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES

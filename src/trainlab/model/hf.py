@@ -203,6 +203,7 @@ def load_hf(
         check_safetensors,
         check_tokenizer,
         model_special_ids,
+        not_a_model_folder,
         read_json,
         weight_files,
     )
@@ -211,7 +212,7 @@ def load_hf(
     if not p.is_dir():
         raise UserError("model folder not found", path=p)
     if not (p / CONFIG_NAME).is_file():
-        raise UserError("no config.json: not a model folder", path=p)
+        raise not_a_model_folder(p)
     check_causal_lm(read_json(p / CONFIG_NAME), path=p)
     check_safetensors(weight_files(p))
     # transformers renamed `torch_dtype` to `dtype` in 4.56 (and deprecated the old name)

@@ -114,6 +114,7 @@ def load_model(
         check_safetensors,
         check_tokenizer,
         model_special_ids,
+        not_a_model_folder,
         read_json,
         weight_files,
     )
@@ -126,7 +127,7 @@ def load_model(
     if not p.is_dir():
         raise UserError("expected a model folder (config.json + safetensors), got a file", path=p)
     if not (p / "config.json").is_file() and not (p / TRAINLAB_JSON).is_file():
-        raise UserError("no config.json: not a model folder", path=p)
+        raise not_a_model_folder(p)
     if kind not in ("auto", "trainlab", "hf"):
         raise UserError(f"unknown model kind {kind!r}; expected auto, trainlab or hf")
 
