@@ -262,3 +262,17 @@ def test_peft_on_a_saved_folder_and_an_adapter_given_as_model(capfd: pytest.Capt
     for command in (("dpo", "--data", pairs, "--out", tmp_path / "out2", "--max-steps", "1"), ("generate", "-p", "hi")):
         code, _, err = _cli(capfd, command[0], "--model", tmp_path / "adapter", *command[1:])
         _one_line_error(code, err, "PEFT adapter", "merge_and_unload")
+
+
+def test_a_max_length_past_the_models_positions_is_capped_out_loud(capfd: pytest.CaptureFixture[str],
+                                                                   tmp_path: Path, models: dict[str, Path],
+                                                                   pairs: Path) -> None:
+    """align.max_length=100000 on a 64-position GPT-2 was silently trained at 64."""
+    args = ("dpo", "--model", models["gpt2"], "--data", pairs, "--max-steps", "1", "align.max_length=100000")
+    code, _, err = _cli(capfd, *args, "--out", tmp_path / "a")
+    assert code == 0, err
+    assert "align.max_length=100000 is longer than the model's 64 positions: capped at 64" in err
+    code, out, err = _cli(capfd, *args, "--out", tmp_path / "b", "--json")
+    assert code == 0, err
+    train = json.loads(out)["data"]["train"]
+    assert (train["max_length"], train["max_length_capped_from"]) == (64, 100000)

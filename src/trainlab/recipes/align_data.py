@@ -121,6 +121,8 @@ def build_alignment_data(method: str, cfg: AlignRunConfig, tokenizer: Any, *, so
     eval_examples = (SFTDataset(tokenizer, eval_examples_records, policy, completion_only_loss=dc.completion_only_loss,
                                 assistant_only_loss=dc.assistant_only_loss) if eval_examples_records else None)
     info["train"] = train.stats()
+    if a.max_length is not None and max_positions is not None and a.max_length > max_positions:
+        info["train"]["max_length_capped_from"] = a.max_length  # a fallback, said (describe_data)
     info["eval"] = {"source": (str(dc.eval_source) if dc.eval_source is not None else
                                "embedded" if eval_records else "held out" if held_out else "none"),
                     "held_out": held_out,
@@ -149,6 +151,9 @@ def describe_data(info: dict[str, Any]) -> list[str]:
     train = info.get("train") or {}
     n = train.get("pairs", train.get("examples", 0))
     limit = train.get("max_length")
+    if train.get("max_length_capped_from") is not None:
+        lines.append(f"align.max_length={train['max_length_capped_from']} is longer than the model's {limit} "
+                     f"positions: capped at {limit}")
     lines.append(f"training data: {n} {'pairs' if 'pairs' in train else 'examples'}; {train.get('truncated', 0)} "
                  f"truncated (align.max_length={limit}, align.max_prompt_length, align.max_completion_length), "
                  f"{train.get('dropped', 0)} dropped (nothing left to train on)")
