@@ -276,3 +276,47 @@ def test_a_max_length_past_the_models_positions_is_capped_out_loud(capfd: pytest
     assert code == 0, err
     train = json.loads(out)["data"]["train"]
     assert (train["max_length"], train["max_length_capped_from"]) == (64, 100000)
+
+
+# ------------------------------------------------------------------------------------------------ eval
+
+def test_eval_reference_with_another_tokenizer_is_refused(capfd: pytest.CaptureFixture[str],
+                                                          models: dict[str, Path], pairs: Path) -> None:
+    """`trainlab eval --reference` with a model of another tokenizer (same vocabulary size) printed
+    rewards and KL computed on ids that mean other text there; training's --ref-model refuses it."""
+    code, _, err = _cli(capfd, "eval", "--model", models["qwen3"], "--reference", models["gpt2"], "--data", pairs)
+    _one_line_error(code, err, str(models["gpt2"]), "--reference", "tokenizer differs")
+    code, out, err = _cli(capfd, "eval", "--model", models["qwen3"], "--reference", models["qwen3"], "--data", pairs,
+                          "--json")
+    assert code == 0, err
+    assert json.loads(out)["pairs"]["kl"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_eval_against_on_user_data_is_not_silently_skipped(capfd: pytest.CaptureFixture[str],
+                                                           models: dict[str, Path], pairs: Path) -> None:
+    """--against with --data exited 0 without a win rate (it is judged on the embedded tasks only)."""
+    code, _, err = _cli(capfd, "eval", "--model", models["qwen3"], "--against", models["gpt2"], "--data", pairs)
+    _one_line_error(code, err, "--against", "--data")
+
+
+def test_eval_against_answers_with_each_models_own_tokenizer(monkeypatch: pytest.MonkeyPatch,
+                                                             models: dict[str, Path]) -> None:
+    """The win rate decoded --against's answers with the judged model's tokenizer (text of other ids)."""
+    from transformers import AutoTokenizer
+
+    import trainlab.recipes.align as recipe
+    from trainlab.align.config import align_config
+
+    used: list[dict[str, int]] = []
+    real = recipe.task_completions
+
+    def spy(model, tokenizer, records, **kw):  # type: ignore[no-untyped-def]
+        used.append(tokenizer.get_vocab())
+        return real(model, tokenizer, records, **kw)
+
+    monkeypatch.setattr(recipe, "task_completions", spy)
+    cfg = align_config("dpo", preset="tiny", model=models["qwen3"], overrides=["train.device=cpu"])
+    out = recipe.run_eval(models["qwen3"], cfg, against=models["gpt2"])
+    assert out["win_rate"]["against"] == str(models["gpt2"])
+    assert used == [AutoTokenizer.from_pretrained(str(models[a])).get_vocab()
+                                            for a in ("qwen3", "gpt2")]

@@ -40,15 +40,29 @@ from torch import nn
 
 from trainlab.align.config import PROVENANCE_FILE, AlignRunConfig, defaults_profile
 from trainlab.align.datasets import PreferenceDataset, SFTDataset
-from trainlab.align.evaluate import completion_kl, oracle_accuracy, pair_logps, reward_accuracy, win_rate
+from trainlab.align.evaluate import (
+    completion_kl,
+    oracle_accuracy,
+    pair_logps,
+    reward_accuracy,
+    task_completions,
+    win_rate_from_completions,
+)
 from trainlab.align.reference import FrozenReference
 from trainlab.config import dump_config
 from trainlab.data.datasets import collate_padded
+from trainlab.errors import UserError
 from trainlab.memory.measure import PeakMemory, training_memory
 from trainlab.model.protocol import apply_checkpointing, disable_dropout
 from trainlab.model.saving import resolve_save_dtype, save_model
 from trainlab.recipes.align_data import AlignmentData, build_alignment_data, check_vocab, describe_data
-from trainlab.recipes.align_model import ReferenceSetup, load_policy, max_positions, prepare_reference
+from trainlab.recipes.align_model import (
+    ReferenceSetup,
+    check_same_tokenizer,
+    load_policy,
+    max_positions,
+    prepare_reference,
+)
 from trainlab.recipes.methods import AlignMethod, get_method
 from trainlab.train.amp import autocast_context
 from trainlab.train.checkpoint import ResumeMode, folder_fingerprint
@@ -277,6 +291,9 @@ def run_eval(model_path: str | Path, cfg: AlignRunConfig, *, reference: str | Pa
     ``data``) implicit-reward accuracy; with ``reference`` also KL(model ‖ reference); with
     ``against`` the oracle win rate of the model over that one."""
     get_method(method)  # an unknown method is an error, not silently dpo
+    if against is not None and data is not None:
+        raise UserError("--against: the win rate compares answers on the embedded tasks' prompts, judged by their "
+                        "oracle; it is not computed on --data (run it without --data)")
     device = resolve_device(cfg.train.device)
     model, tokenizer = load_policy(model_path, device)
     if data is not None:  # the user's pairs are all for judging: hold none out
@@ -287,7 +304,11 @@ def run_eval(model_path: str | Path, cfg: AlignRunConfig, *, reference: str | Pa
     out: dict[str, Any] = {"model": str(model_path), "data": aligned.info}
     if aligned.eval_records:
         out["accuracy"] = oracle_accuracy(model, tokenizer, aligned.eval_records).to_dict()
-    ref_model = load_policy(reference, device)[0] if reference is not None else None
+    ref_model = None
+    if reference is not None:
+        ref_model, ref_tokenizer = load_policy(reference, device)
+        check_same_tokenizer(ref_tokenizer, tokenizer, reference, "--reference")
+        check_vocab(ref_model, aligned)
     if pairs is not None and len(pairs):
         ref_logps = pair_logps(ref_model, pairs, pad_id=aligned.pad_id)[0] if ref_model is not None else None
         beta = get_method(method).reward_beta(cfg.align)
@@ -295,6 +316,8 @@ def run_eval(model_path: str | Path, cfg: AlignRunConfig, *, reference: str | Pa
         if ref_model is not None:
             out["pairs"].update(completion_kl(model, ref_model, pairs, pad_id=aligned.pad_id))
     if against is not None and aligned.eval_records:
-        other = load_policy(against, device)[0]
-        out["win_rate"] = win_rate(model, other, tokenizer, aligned.eval_records).to_dict() | {"against": str(against)}
+        other, other_tokenizer = load_policy(against, device)  # each model answers with its own tokenizer
+        rate = win_rate_from_completions(aligned.eval_records, task_completions(model, tokenizer, aligned.eval_records),
+                                         task_completions(other, other_tokenizer, aligned.eval_records))
+        out["win_rate"] = rate.to_dict() | {"against": str(against)}
     return out

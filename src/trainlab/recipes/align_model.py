@@ -67,14 +67,19 @@ class ReferenceSetup:
     info: dict[str, Any]
 
 
-def _load_reference_model(path: str | Path, policy_tokenizer: Any, data: AlignmentData, device: torch.device,
-                          drop: bool) -> nn.Module:
-    ref, tokenizer = load_policy(path, device)
+def check_same_tokenizer(tokenizer: Any, policy_tokenizer: Any, path: str | Path, what: str) -> None:
+    """A reference model scores the policy's token ids: its tokenizer must be the policy's (same vocabulary)."""
     get_vocab = getattr(tokenizer, "get_vocab", None)
     if callable(get_vocab) and callable(getattr(policy_tokenizer, "get_vocab", None)) \
             and get_vocab() != policy_tokenizer.get_vocab():
-        raise UserError("align.ref_model: its tokenizer differs from the policy's; the reference must score the "
+        raise UserError(f"{what}: its tokenizer differs from the policy's; the reference must score the "
                         "same token ids", path=Path(path))
+
+
+def _load_reference_model(path: str | Path, policy_tokenizer: Any, data: AlignmentData, device: torch.device,
+                          drop: bool) -> nn.Module:
+    ref, tokenizer = load_policy(path, device)
+    check_same_tokenizer(tokenizer, policy_tokenizer, path, "align.ref_model")
     check_vocab(ref, data)
     if drop:
         disable_dropout(ref)
