@@ -320,3 +320,27 @@ def test_eval_against_answers_with_each_models_own_tokenizer(monkeypatch: pytest
     assert out["win_rate"]["against"] == str(models["gpt2"])
     assert used == [AutoTokenizer.from_pretrained(str(models[a])).get_vocab()
                                             for a in ("qwen3", "gpt2")]
+
+
+def test_generate_on_a_bf16_folder_runs_in_bf16_as_transformers(capfd: pytest.CaptureFixture[str],
+                                                                tmp_path: Path) -> None:
+    """A bf16 Llama folder was generated from in float32 (training's master dtype): greedy tokens
+    drifted from transformers' generate, which loads and runs it in bf16."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = hf_model_dir(tmp_path / "llama-bf16", "llama", seed=1, dtype=torch.bfloat16)
+    prompts = ["hi", "The quick brown fox jumps over", "Sort the list"]
+    code, out, err = _cli(capfd, "generate", "--model", folder, *[a for p in prompts for a in ("-p", p)],
+                          "--max-new-tokens", "30", "--json")
+    assert code == 0, err
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    hf = AutoModelForCausalLM.from_pretrained(str(folder)).eval()
+    assert hf.dtype == torch.bfloat16
+    want = []
+    for p in prompts:
+        enc = tok(p, return_tensors="pt")
+        with torch.no_grad():
+            ids = hf.generate(**enc, max_new_tokens=30, do_sample=False, pad_token_id=tok.pad_token_id)
+        want.append(tok.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+    assert [r["completion"] for r in json.loads(out)] == want

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from trainlab.data.tokenizer import load_tokenizer
 from trainlab.model.generate import SamplingParams
-from trainlab.model.protocol import load_model
+from trainlab.model.protocol import load_model, read_source
 from trainlab.model.text import complete_prompts
 from trainlab.train.device import resolve_device
 
@@ -23,7 +23,8 @@ def generate_texts(model_path: Path | None, prompts: list[str], *, max_new_token
         from trainlab.recipes.base_model import embedded_base_model
 
         model_path = embedded_base_model()
-    model = load_model(model_path)
+    # in the folder's dtype, as transformers loads it (a bf16 model generates in bf16; training keeps fp32 masters)
+    model = load_model(model_path, dtype=read_source(Path(model_path)).dtype)
     tokenizer = getattr(model, "tokenizer", None) or load_tokenizer(model_path)
     model.to(resolve_device(device))
     return complete_prompts(model, tokenizer, prompts, params, seed=seed)
