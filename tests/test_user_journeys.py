@@ -172,6 +172,21 @@ def test_kto_labels_as_ones_and_zeros(tmp_path: Path) -> None:
     assert bad.skipped == 1 and "expected true or false (or 1/0) under 'label', got 2" in str(bad.issues[0])
 
 
+def test_a_folder_of_parquet_files_as_the_hub_lays_them_out(tmp_path: Path) -> None:
+    """``data/train-00000-of-00001.parquet`` + ``data/test-...``: a dataset downloaded from the hub, which
+    ``load_dataset(folder)`` reads; it was 'folder has no .jsonl files'."""
+    import datasets
+
+    from trainlab.align.records import load_records
+
+    rows = [{"prompt": f"{i}+1=", "chosen": f" {i + 1}", "rejected": f" {i + 2}"} for i in range(8)]
+    (tmp_path / "data").mkdir()
+    datasets.Dataset.from_list(rows[:6]).to_parquet(str(tmp_path / "data" / "train-00000-of-00001.parquet"))
+    datasets.Dataset.from_list(rows[6:]).to_parquet(str(tmp_path / "data" / "test-00000-of-00001.parquet"))
+    assert [r.prompt for r in load_records(tmp_path, "preference").records] == [r["prompt"] for r in rows[:6]]
+    assert [r.prompt for r in load_records(tmp_path, "preference", split="test").records] == ["6+1=", "7+1="]
+
+
 @pytest.mark.parametrize(("name", "content", "needle"), [
     ("broken.json", '[{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": ', "cannot read as a dataset"),
     ("broken.csv", 'prompt,chosen,rejected\n"a,b\n', "cannot read as a dataset"),

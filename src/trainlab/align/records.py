@@ -460,8 +460,10 @@ def _open_dataset(path: Path, split: str) -> Any:
                         path=path) from None
     try:
         with _quiet_datasets(datasets):
-            if path.is_dir():
+            if path.is_dir() and any((path / m).is_file() for m in _DATASET_MARKERS):
                 ds = datasets.load_from_disk(str(path))
+            elif path.is_dir():  # .parquet/.json/.csv files, as a hub dataset lays them out: splits by file name
+                ds = datasets.load_dataset(str(path), split=split)
             else:
                 ds = datasets.load_dataset(_DATASET_SUFFIXES[path.suffix.lower()], data_files=str(path),
                                            split="train")
@@ -477,6 +479,11 @@ def _open_dataset(path: Path, split: str) -> Any:
     return ds
 
 
+def _has_files(folder: Path, suffixes: tuple[str, ...]) -> bool:
+    return any(p.is_file() and p.suffix.lower() in suffixes
+               and not any(part.startswith(".") for part in p.relative_to(folder).parts) for p in folder.rglob("*"))
+
+
 def record_rows(source: Any, split: str = "train") -> tuple[str, Iterable[Row]]:
     """(a name for messages, the rows) of a source: a path or an in-memory dataset / list of dicts."""
     if not isinstance(source, (str, Path)):
@@ -489,6 +496,8 @@ def record_rows(source: Any, split: str = "train") -> tuple[str, Iterable[Row]]:
         raise UserError("data file or folder not found (trainlab reads local files only and never downloads)",
                         path=path)
     if path.is_dir() and any((path / m).is_file() for m in _DATASET_MARKERS):
+        return str(path), _dataset_rows(_open_dataset(path, split), str(path))
+    if path.is_dir() and not _has_files(path, (".jsonl",)) and _has_files(path, tuple(_DATASET_SUFFIXES)):
         return str(path), _dataset_rows(_open_dataset(path, split), str(path))
     if path.is_dir() or path.suffix.lower() == ".jsonl":
         return str(path), (row for f in jsonl_files(path) for row in _jsonl_rows(f))
