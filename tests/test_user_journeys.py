@@ -359,3 +359,21 @@ def test_generate_on_a_bf16_folder_runs_in_bf16_as_transformers(capfd: pytest.Ca
             ids = hf.generate(**enc, max_new_tokens=30, do_sample=False, pad_token_id=tok.pad_token_id)
         want.append(tok.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
     assert [r["completion"] for r in json.loads(out)] == want
+
+
+@pytest.mark.parametrize(("content", "needles"), [
+    (b"train:\n  lr: \xff\n", ("cfg.yaml:2", "not valid UTF-8")),        # was a UnicodeDecodeError traceback
+    (b"\xef\xbb\xbftrain:\n  lrr: 1\n", ("cfg.yaml:2", "train.lrr", "did you mean train.lr?")),  # BOM: not a key
+    (None, ("cfg.yaml", "is a folder; expected a YAML config file")),  # was 'config file not found'
+])
+def test_config_files_that_are_not_yaml_text(capfd: pytest.CaptureFixture[str], tmp_path: Path,
+                                             models: dict[str, Path], pairs: Path, content: bytes | None,
+                                             needles: tuple[str, ...]) -> None:
+    cfg = tmp_path / "cfg.yaml"
+    if content is None:
+        cfg.mkdir()
+    else:
+        cfg.write_bytes(content)
+    code, _, err = _cli(capfd, "dpo", "--model", models["gpt2"], "--data", pairs, "--out", tmp_path / "out",
+                        "-c", cfg)
+    _one_line_error(code, err, *needles)

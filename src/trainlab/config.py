@@ -172,9 +172,16 @@ def _yaml_lines(text: str) -> dict[str, int]:
 def read_yaml(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
     """Read a YAML mapping; return it and a map of dotted keys to line numbers."""
     p = Path(path)
+    if p.is_dir():
+        raise UserError("is a folder; expected a YAML config file", path=p)
     if not p.is_file():
         raise UserError(f"config file not found: {p}")
-    text = p.read_text(encoding="utf-8")
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")  # a byte-order mark (some editors write one) is not content
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise UserError(f"not valid UTF-8 text (byte {exc.start})", path=p, line=line) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
