@@ -277,6 +277,9 @@ def test_peft_on_a_saved_folder_and_an_adapter_given_as_model(capfd: pytest.Capt
     for command in (("dpo", "--data", pairs, "--out", tmp_path / "out2", "--max-steps", "1"), ("generate", "-p", "hi")):
         code, _, err = _cli(capfd, command[0], "--model", tmp_path / "adapter", *command[1:])
         _one_line_error(code, err, "PEFT adapter", "merge_and_unload")
+    # the run folder itself (the model is in run/model): named as a run folder, with the model's path
+    code, _, err = _cli(capfd, "generate", "--model", tmp_path / "run", "-p", "hi")
+    _one_line_error(code, err, "a run folder, not a model folder", str(saved))
 
 
 def test_a_max_length_past_the_models_positions_is_capped_out_loud(capfd: pytest.CaptureFixture[str],

@@ -51,7 +51,15 @@ def not_a_model_folder(path: Path) -> UserError:
         return UserError(f"a PEFT adapter{on} (adapter_config.json), not a model folder: merge it into its base "
                          "(peft: PeftModel.from_pretrained(base, DIR).merge_and_unload().save_pretrained(OUT), "
                          "with the tokenizer) and pass that folder", path=path)
-    return UserError("no config.json: not a model folder", path=path)
+    run = _run_folder_error(path)
+    return run if run is not None else UserError("no config.json: not a model folder", path=path)
+
+
+def _run_folder_error(path: Path | None) -> UserError | None:
+    """A training run's ``--out`` folder (its own config.json, the model under ``model/``), named with the fix."""
+    if path is None or not (path / "model" / CONFIG_NAME).is_file():
+        return None
+    return UserError(f"a run folder, not a model folder; its model is {path / 'model'}", path=path)
 
 
 def _causal_lm_classes() -> tuple[set[str], set[str]]:
@@ -73,6 +81,8 @@ def check_causal_lm(config: dict[str, Any], *, path: Path | None = None) -> None
             raise UserError(f"not a causal language model: {', '.join(architectures)}", path=path)
         return
     model_type = config.get("model_type")
+    if model_type is None and (run := _run_folder_error(path)) is not None:
+        raise run
     if model_type not in model_types:
         raise UserError(f"not a causal language model: model_type {model_type!r}", path=path)
 
