@@ -211,6 +211,31 @@ class ModelShape:
                    source=f"guessed from {params:,} parameters (width/depth 128)")
 
 
+def read_model_config(spec: str | Path) -> tuple[Path, dict[str, Any] | None]:
+    """(the file, its JSON object or None for a trainlab YAML) of an HF folder, its ``config.json`` or a YAML.
+
+    The one reader behind every ``--model`` of the calculators (memory, kv-cache): a folder means its
+    ``config.json``; a ``.json`` file is parsed here; anything else is a trainlab YAML config for
+    `trainlab.config.load_config`. Problems are one-line `UserError`s naming the file.
+    """
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        p = p / "config.json"
+        if not p.is_file():
+            raise UserError(f"{spec}: no config.json in this folder")
+    if not p.is_file():
+        raise UserError(f"model config not found: {spec}")
+    if p.suffix != ".json":
+        return p, None
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"invalid JSON: {exc.msg}", path=p, line=exc.lineno) from None
+    if not isinstance(data, dict):
+        raise UserError("expected a JSON object", path=p)
+    return p, data
+
+
 def load_shape(spec: str | Path) -> ModelShape:
     """A shape from a trainlab YAML config, a Hugging Face model folder, or its ``config.json``."""
     return load_model_spec(spec)[0]
@@ -222,20 +247,8 @@ def load_model_spec(spec: str | Path) -> tuple[ModelShape, dict[str, Any]]:
     A trainlab config also gives its batch, sequence length, precision, optimizer, checkpointing
     and accumulation (the defaults of ``trainlab calc memory --model``); an HF config gives none.
     """
-    p = Path(spec).expanduser()
-    if p.is_dir():
-        p = p / "config.json"
-        if not p.is_file():
-            raise UserError(f"{spec}: no config.json in this folder")
-    if not p.is_file():
-        raise UserError(f"model config not found: {spec}")
-    if p.suffix == ".json":
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise UserError(f"invalid JSON: {exc.msg}", path=p, line=exc.lineno) from None
-        if not isinstance(data, dict):
-            raise UserError("expected a JSON object", path=p)
+    p, data = read_model_config(spec)
+    if data is not None:
         return ModelShape.from_hf_config(data, source=str(p)), {}
     from trainlab.config import load_config
 

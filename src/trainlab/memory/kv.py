@@ -27,7 +27,6 @@ and fragmentation are not counted, so these are upper bounds.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,24 +146,13 @@ def spec_from_hf_config(data: dict[str, Any], source: str = "config.json") -> KV
 
 def spec_from_model(spec: str | Path) -> tuple[KVSpec, int | None]:
     """(spec, default sequence length) from a trainlab YAML config, an HF model folder or its ``config.json``."""
-    p = Path(spec).expanduser()
-    if p.is_dir():
-        p = p / "config.json"
-        if not p.is_file():
-            raise UserError(f"{spec}: no config.json in this folder")
-    if not p.is_file():
-        raise UserError(f"model config not found: {spec}")
-    if p.suffix == ".json":
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise UserError(f"invalid JSON: {exc.msg}", path=p, line=exc.lineno) from None
-        if not isinstance(data, dict):
-            raise UserError("expected a JSON object", path=p)
+    from trainlab.memory.estimate import ModelShape, read_model_config
+
+    p, data = read_model_config(spec)
+    if data is not None:
         kv = spec_from_hf_config(data, source=str(p))
         return kv, kv.max_positions
     from trainlab.config import load_config
-    from trainlab.memory.estimate import ModelShape
 
     cfg = load_config(p, preset="quick")
     m = cfg.model
