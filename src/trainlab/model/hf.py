@@ -193,16 +193,10 @@ def load_hf(
     ``tokenizer`` is True, and must match the model. ``dtype`` None means float32. Extra ``kwargs``
     go to ``from_pretrained`` (e.g. ``attn_implementation``).
     """
-    import transformers
-    from transformers import AutoModelForCausalLM
-
     from trainlab.model.checks import (
         CONFIG_NAME,
         check_causal_lm,
-        check_loading_info,
         check_safetensors,
-        check_tokenizer,
-        model_special_ids,
         not_a_model_folder,
         read_json,
         weight_files,
@@ -215,6 +209,19 @@ def load_hf(
         raise not_a_model_folder(p)
     check_causal_lm(read_json(p / CONFIG_NAME), path=p)
     check_safetensors(weight_files(p))
+    return load_checked_hf(p, dtype=dtype, device=device, tokenizer=tokenizer, **kwargs)
+
+
+def load_checked_hf(path: Path, *, dtype: torch.dtype | None = None, device: torch.device | str | None = None,
+                    tokenizer: bool = True, **kwargs: Any) -> HFCausalLM:
+    """`load_hf` for a folder whose config and safetensors `trainlab.model.checks` already passed
+    (`load_model` checks once, then loads): load, refuse missing weights, check the tokenizer."""
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    from trainlab.model.checks import check_loading_info, check_tokenizer, model_special_ids
+
+    p = path
     # transformers renamed `torch_dtype` to `dtype` in 4.56 (and deprecated the old name)
     new_name = tuple(int(x) for x in transformers.__version__.split(".")[:2]) >= (4, 56)
     kwargs[("dtype" if new_name else "torch_dtype")] = dtype or torch.float32

@@ -118,7 +118,7 @@ def load_model(
         read_json,
         weight_files,
     )
-    from trainlab.model.hf import load_folder_tokenizer, load_hf
+    from trainlab.model.hf import load_checked_hf, load_folder_tokenizer
     from trainlab.model.hf_export import TRAINLAB_JSON, load_pretrained, model_config_from_hf
 
     p = Path(path)
@@ -156,7 +156,9 @@ def load_model(
                             special_ids=model_special_ids(config or {}, source.generation_config),
                             path=p)
     else:
-        model = load_hf(p, dtype=dtype, device=device)
+        if config is None:
+            raise not_a_model_folder(p)
+        model = load_checked_hf(p, dtype=dtype, device=device)  # checked above: not twice
     model.source = source
     return model
 
