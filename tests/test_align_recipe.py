@@ -126,6 +126,14 @@ def test_transformers_folder_gets_trl_defaults(gpt2_dir: Path) -> None:
     assert (dpo.align.max_length, dpo.align.max_prompt_length, dpo.align.max_completion_length) == (64, None, None)
     assert dpo.align.truncation_mode == _trl_default(DPOConfig, "truncation_mode")
     assert dpo.align_data.n_eval_pairs == 0  # TRL evaluates only an eval_dataset it is given
+    # activation checkpointing on, as every TRL config (a model that fits under TRL fits here); ours keeps none
+    for method, trl_cfg in (("dpo", DPOConfig), ("sft", SFTConfig), ("kto", KTOConfig), ("orpo", ORPOConfig),
+                            ("simpo", CPOConfig)):
+        ckpt = align_config(method, preset="tiny", model=gpt2_dir).model.checkpointing
+        assert (ckpt == "full") is _trl_default(trl_cfg, "gradient_checkpointing") is True
+    assert align_config("dpo", preset="tiny").model.checkpointing == "none"
+    assert align_config("dpo", preset="tiny", model=gpt2_dir,
+                        overrides=["model.checkpointing=none"]).model.checkpointing == "none"
     assert align_config("sft", preset="tiny", model=gpt2_dir).train.lr == _trl_default(SFTConfig, "learning_rate")
     kto = align_config("kto", preset="tiny", model=gpt2_dir)
     assert (kto.train.lr, kto.align.beta) == (_trl_default(KTOConfig, "learning_rate"), _trl_default(KTOConfig, "beta"))

@@ -202,6 +202,9 @@ def method_defaults(method: str, preset: str = "quick") -> dict[str, Any]:
 # loss_type="simpo" and cpo_alpha=0 (pure SimPO: trainlab's SimPO has no behaviour-cloning term).
 TRL_MAX_LENGTH = 1024
 _TRL_COMMON: dict[str, Any] = {
+    # TRL's configs default to gradient_checkpointing=True (trl/trainer/base_config.py): a model that fits under
+    # TRL fits here too; `model.checkpointing=none` trades that memory for speed
+    "model": {"checkpointing": "full"},
     "train": {"batch_size": 8, "grad_accum": 1, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0,
               "warmup_steps": 0, "min_lr_ratio": 0.0, "grad_clip": 1.0, "log_every": 10},
     "align": {"disable_dropout": True},
