@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from trainlab.errors import UserError
+from trainlab.peft.config import PeftConfig
 
 Precision = Literal["fp32", "bf16", "fp16"]
 CheckpointPolicy = Literal["none", "full", "every_n", "selective"]
@@ -140,6 +141,7 @@ class RunConfig(StrictModel):
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
+    peft: PeftConfig = PeftConfig()
 
 
 # --------------------------------------------------------------------------------------------
