@@ -1,0 +1,131 @@
+"""Reward model: the saved folder is transformers' sequence classification (same scores), and the
+Bradley-Terry loss and its gradients equal TRL 1.16 RewardTrainer.compute_loss on the same batch."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from _hf_tiny import hf_model_dir
+from _tiny import tiny_decoder
+
+from trainlab.align.datasets import collate_preference
+from trainlab.model.hf_export import to_hf_name
+from trainlab.rl.reward_model import (
+    RewardObjective,
+    last_token_index,
+    load_reward_model,
+    reward_model_from_decoder,
+    save_reward_model,
+)
+
+
+def _auto_seqcls(path: Path) -> torch.nn.Module:
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=torch.float32)
+    assert model.config.num_labels == 1
+    return model
+
+
+def _pairs(vocab: int, pad: int, n: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A preference batch of ``n`` pairs with prompts and completions of different lengths (no pad id inside)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def ids(k: int) -> torch.Tensor:
+        x = torch.randint(3, vocab, (k,), generator=g)
+        return torch.where(x == pad, x + 1, x)
+
+    items = [{"index": torch.tensor(i), "prompt": ids(2 + i), "chosen": ids(3 + (i % 2)), "rejected": ids(2 + 2 * i)}
+             for i in range(n)]
+    return collate_preference(items, pad_id=pad)
+
+
+def test_last_token_index_is_transformers_rule() -> None:
+    ids = torch.tensor([[5, 6, 0, 0], [0, 0, 7, 8], [4, 4, 4, 4], [0, 0, 0, 0]])
+    assert last_token_index(ids, 0).tolist() == [1, 3, 3, 0]
+    assert last_token_index(ids, None).tolist() == [3, 3, 3, 3]
+
+
+def test_decoder_reward_model_saves_as_llama_seqcls_with_the_same_scores(tmp_path: Path) -> None:
+    rm = reward_model_from_decoder(tiny_decoder(0), pad_token_id=0)
+    out = save_reward_model(rm, tmp_path / "rm")
+    hf = _auto_seqcls(out)
+    assert type(hf).__name__ == "LlamaForSequenceClassification"
+    assert hf.config.pad_token_id == 0
+    batch = _pairs(48, pad=0, n=3)
+    ours = rm(batch["input_ids"], batch["attention_mask"])
+    theirs = hf(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_hf_causal_lm_becomes_a_reward_model_that_round_trips(tmp_path: Path) -> None:
+    src = hf_model_dir(tmp_path / "gpt2", "gpt2", positions=64)
+    rm, tok = load_reward_model(src)
+    assert rm.kind == "hf" and rm.pad_token_id == tok.eos_token_id  # GPT-2 has no pad: TRL's eos
+    out = save_reward_model(rm, tmp_path / "rm", tok)
+    hf = _auto_seqcls(out)
+    assert type(hf).__name__ == "GPT2ForSequenceClassification" and hf.config.pad_token_id == tok.eos_token_id
+    rm.eval()
+    hf.eval()
+    batch = _pairs(len(tok), pad=tok.eos_token_id)
+    ours = rm(batch["input_ids"], batch["attention_mask"])
+    theirs = hf(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    loaded, _ = load_reward_model(out)  # a saved reward model loads as itself
+    loaded.eval()
+    torch.testing.assert_close(loaded(batch["input_ids"], batch["attention_mask"]), theirs, rtol=1e-5, atol=1e-6)
+
+
+def _trl_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], center: float | None) -> torch.Tensor:
+    """TRL 1.16's own ``RewardTrainer.compute_loss`` on ``batch``, with a stand-in for the trainer's state."""
+    from trl.trainer.reward_trainer import RewardTrainer
+
+    ident = SimpleNamespace(gather_for_metrics=lambda t: t, gather=lambda t: t)
+    trainer = SimpleNamespace(model=model, args=SimpleNamespace(center_rewards_coefficient=center),
+                              accelerator=ident, _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
+                              _total_train_tokens=0, _tp_size=1)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "margin") if k in batch}
+    return RewardTrainer.compute_loss(trainer, model, inputs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("backbone", "margin", "center"), [
+    ("decoder", False, None), ("decoder", True, 0.01), ("gpt2", False, 0.01), ("gpt2", True, None)])
+def test_loss_and_gradients_equal_trl_reward_trainer(backbone: str, margin: bool, center: float | None,
+                                                     tmp_path: Path) -> None:
+    if backbone == "decoder":
+        rm = reward_model_from_decoder(tiny_decoder(1), pad_token_id=0)
+        pad, vocab = 0, 48
+        names = {n: "score.weight" if n == "score.weight" else to_hf_name(n.removeprefix("backbone."))
+                 for n, _ in rm.named_parameters()}
+        out = save_reward_model(rm, tmp_path / "rm")
+    else:
+        rm, tok = load_reward_model(hf_model_dir(tmp_path / "gpt2", "gpt2", positions=64))
+        pad, vocab = tok.eos_token_id, len(tok)
+        names = {n: n.removeprefix("seqcls.") for n, _ in rm.named_parameters()}
+        out = save_reward_model(rm, tmp_path / "rm", tok)
+    theirs = _auto_seqcls(out)
+    for m in (rm, theirs):  # dropout off on both sides (TRL's disable_dropout)
+        m.train()
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.Dropout):
+                mod.p = 0.0
+    batch = _pairs(vocab, pad, n=4, seed=3)
+    if margin:
+        batch["margin"] = torch.tensor([0.5, 0.0, 1.0, -0.25])
+    objective = RewardObjective(center_rewards_coefficient=center)
+    res = objective(rm, batch)
+    assert res.count == 4
+    (res.loss_sum / res.count).backward()
+    ref = _trl_loss(theirs, batch, center)
+    ref.backward()
+    torch.testing.assert_close(res.loss_sum / res.count, ref.detach(), rtol=1e-5, atol=1e-6)
+    hf_params = dict(theirs.named_parameters())
+    for name, p in rm.named_parameters():
+        if p.grad is None:
+            continue
+        torch.testing.assert_close(p.grad, hf_params[names[name]].grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert rm.head.weight.grad is not None and rm.head.weight.grad.abs().sum() > 0
