@@ -117,6 +117,21 @@ def test_preference_explicit_and_implicit_prompts(qwen) -> None:  # type: ignore
         assert (r.prompt, r.chosen, r.rejected, r.chat) == (*conv, True)
 
 
+def test_content_as_a_list_of_text_parts_is_the_same_conversation(qwen) -> None:  # type: ignore[no-untyped-def]
+    """OpenAI-style content parts (the Hugging Face chat format allows them): rendered as the string."""
+    def parts(msgs: list[dict[str, str]]) -> list[dict[str, Any]]:
+        return [{"role": m["role"], "content": [{"type": "text", "text": m["content"]}]} for m in msgs]
+
+    plain = load_records([{"prompt": USER, "chosen": A5, "rejected": A6}], "preference", tokenizer=qwen,
+                         strict=True).records[0]
+    listed = load_records([{"prompt": parts(USER), "chosen": parts(A5), "rejected": parts(A6)}], "preference",
+                          tokenizer=qwen, strict=True).records[0]
+    assert (listed.prompt, listed.chosen, listed.rejected) == (plain.prompt, plain.chosen, plain.rejected)
+    two = [{"role": "user", "content": [{"type": "text", "text": "What is"}, {"type": "text", "text": "2+3?"}]}]
+    rec = load_records([{"prompt": two, "completion": A5}], "sft", tokenizer=qwen, strict=True).records[0]
+    assert "What is\n2+3?" in rec.prompt
+
+
 def test_unpaired_and_preference_as_unpaired(qwen) -> None:  # type: ignore[no-untyped-def]
     rows = [{"prompt": USER, "completion": A5, "label": True}, {"prompt": "2+3=", "completion": "7", "label": False},
             {"prompt": USER, "chosen": A5, "rejected": A6}]
@@ -171,7 +186,10 @@ REJECTIONS: list[tuple[str, Any, str]] = [
     ("preference", {"prompt": USER, "chosen": [{"role": "assistant"}], "rejected": A6},
      "chosen[0]: message has no 'content'"),
     ("preference", {"prompt": USER, "chosen": [{"role": "assistant", "content": 5}], "rejected": A6},
-     "chosen[0].content: expected a string, got int"),
+     "chosen[0].content: expected a string or a list of text parts, got int"),
+    ("preference", {"prompt": USER, "chosen": [{"role": "assistant", "content": [{"type": "image_url"}]}],
+                    "rejected": A6}, "chosen[0].content[0]: expected a text part {type: text, text: ...}, got "
+                                     "'image_url' (a text model reads text parts only)"),
     ("preference", {"prompt": USER, "chosen": "5", "rejected": "6"}, "chosen: 'prompt' and 'chosen' mix plain text"),
     ("preference", {"chosen": "yes", "rejected": "no"}, "prompt: missing key 'prompt' and 'chosen' and"),
     ("preference", {"chosen": "abc", "rejected": "abcd"}, "rejected: 'chosen' and 'rejected' are identical (or one"),

@@ -2,8 +2,8 @@
 
 Formats (TRL's, see its ``dataset_formats`` guide), from a JSONL file, a folder of them, a
 ``datasets`` folder written by ``save_to_disk``, a ``.json``/``.parquet``/``.csv`` file, or an
-in-memory ``datasets.Dataset`` / list of dicts. "Plain" values are strings; "conversational"
-values are lists of ``{"role", "content"}`` messages.
+in-memory ``datasets.Dataset`` / list of dicts. "Plain" values are strings; "conversational" values are
+lists of ``{"role", "content"}`` messages (content a string or a list of OpenAI text parts).
 
 * language modeling (SFT): ``{"text"}`` (plain) or ``{"messages"}`` (conversational, any number of
   turns) -> `TextRecord`;
@@ -15,16 +15,14 @@ values are lists of ``{"role", "content"}`` messages.
   repeat it as their first user message; the prompt is then taken from the conversations, as
   TRL's ``maybe_extract_prompt`` does) -> `PreferenceRecord`;
 * unpaired (KTO): ``{"prompt", "completion", "label": bool}`` (0/1 too, as TRL reads it); preference
-  records are unpaired as TRL's ``unpair_preference_dataset`` does (`unpair`).
-
-SFT also accepts a preference record (trained on ``chosen``).
+  records are unpaired as TRL's ``unpair_preference_dataset`` does (`unpair`). SFT also accepts a
+  preference record (trained on ``chosen``).
 
 Conversations are rendered with the tokenizer's chat template: the prompt with
 ``add_generation_prompt=True``, the completion as what the whole conversation adds after it. A
 tokenizer without a template is an error naming the fix (``align_data.chat_template=FILE|builtin``;
-`use_chat_template` sets it on the tokenizer, so it is saved with the model). Rendered records
-carry ``chat=True``: their text already holds the template's special tokens and end-of-turn
-token, so tokenization adds none (`trainlab.align.datasets`). For ``messages`` the character
+`use_chat_template` sets it on the tokenizer, so it is saved with the model). Rendered records carry
+``chat=True``: their text holds the template's special tokens, so tokenization adds none. For ``messages`` the character
 spans of every assistant turn are kept (``TextRecord.spans``), from the template's
 ``{% generation %}`` markers when it has them (exactly what ``return_assistant_tokens_mask``
 uses), else by rendering the conversation turn by turn.
@@ -286,10 +284,25 @@ def _check_messages(value: Any, key: str) -> Messages:
         for field_name in ("role", "content"):
             if field_name not in msg:
                 raise RecordError(f"message has no {field_name!r}", where)
-            if not isinstance(msg[field_name], str):
-                raise RecordError(f"expected a string, got {_type_name(msg[field_name])}", f"{where}.{field_name}")
-        out.append({"role": msg["role"], "content": msg["content"]})
+        if not isinstance(msg["role"], str):
+            raise RecordError(f"expected a string, got {_type_name(msg['role'])}", f"{where}.role")
+        out.append({"role": msg["role"], "content": _content_text(msg["content"], f"{where}.content")})
     return out
+
+
+def _content_text(content: Any, where: str) -> str:
+    """A string, or OpenAI's list of parts (``[{"type": "text", "text": ...}]``) as text: the text parts joined by
+    newlines as vLLM's chat parser does; another part (an image) needs a vision model."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise RecordError(f"expected a string or a list of text parts, got {_type_name(content)}", where)
+    for j, part in enumerate(content):
+        if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+            kind = part.get("type") if isinstance(part, dict) else _type_name(part)
+            raise RecordError(f"expected a text part {{type: text, text: ...}}, got {kind!r} (a text model reads "
+                              "text parts only)", f"{where}[{j}]")
+    return "\n".join(part["text"] for part in content)
 
 
 def _value(row: dict[str, Any], key: str) -> str | Messages:
@@ -551,10 +564,9 @@ def load_records(source: Any, kind: RecordKind = "preference", *, tokenizer: Any
 class EmbeddedAlignmentData:
     """Alignment data made from the verifiable tasks (train-split problems; eval-split held out).
 
-    ``sft``: prompt + answer, of which ``n_wrong_sft`` carry a plausible wrong answer instead, so
-    that SFT alone stays imperfect. ``pairs``: chosen = the correct answer, rejected = a plausible
-    wrong one (off by one, swapped digits, partly sorted, ...), on the same problems.
-    ``eval_records``: held-out problems for oracle accuracy; ``eval_pairs``: held-out pairs.
+    ``sft``: prompt + answer, ``n_wrong_sft`` of them a plausible wrong answer (SFT alone stays imperfect).
+    ``pairs``: chosen = the correct answer, rejected = a plausible wrong one (off by one, swapped digits,
+    partly sorted, ...), on the same problems. ``eval_records``: held-out problems; ``eval_pairs``: pairs.
     """
 
     sft: list[CompletionRecord]
