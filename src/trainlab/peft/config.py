@@ -50,6 +50,22 @@ class PeftConfig(BaseModel):
     adalora_beta2: float = Field(0.85, ge=0, lt=1, description="EMA of the uncertainty")
     adalora_orth_reg: float = Field(0.5, ge=0, description="weight of the orthogonality regularizer")
     adalora_total_step: int | None = Field(None, gt=0, description="None: train.max_steps")
+    # (IA)³ (Liu et al., 2022), prompt tuning, P-tuning, prefix tuning, bottleneck adapters: P2's methods
+    ia3_feedforward: str | list[str] | None = Field(
+        None, description="(IA)³ modules whose input is scaled (PEFT's feedforward_modules); None: PEFT's default "
+        "for the architecture (down_proj, GPT-2's mlp.c_proj)")
+    num_virtual_tokens: int = Field(20, gt=0, description="prompt/P-tuning/prefix: virtual tokens")
+    prompt_init: Literal["random", "text", "vocab"] = Field(
+        "random", description="prompt tuning's init: N(0,1), the embeddings of prompt_init_text, or of random tokens")
+    prompt_init_text: str = Field("", description="prompt_init=text: the text whose token embeddings start the prompt")
+    encoder_hidden: int | None = Field(None, gt=0, description="P-tuning/prefix encoder hidden size; None: token dim")
+    ptuning_encoder: Literal["mlp", "lstm"] = Field("mlp", description="P-tuning's prompt encoder")
+    prefix_projection: bool = Field(True, description="prefix tuning: reparameterize the prefix by an MLP while "
+                                    "training (saved as the plain prefix)")
+    adapter_size: int = Field(16, gt=0, description="bottleneck adapters: the bottleneck width")
+    adapter_placement: Literal["houlsby", "pfeiffer"] = Field(
+        "houlsby", description="houlsby: after attention and after the MLP; pfeiffer: after the MLP only")
+    adapter_act: Literal["relu", "gelu", "silu", "tanh"] = Field("relu", description="bottleneck nonlinearity")
 
     @field_validator("targets", mode="before")
     @classmethod
