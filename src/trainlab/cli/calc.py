@@ -125,3 +125,24 @@ def calc_kv_cache(
     doc = kv_cache_result(model=model, layers=layers, kv_heads=kv_heads, head_dim=head_dim, heads=heads, seq=seq,
                           batch=batch, dtype=dtype, gpu_mem=gpu_mem, params=params, sliding_window=sliding_window)
     _emit(doc, True) if as_json else _print_tables(kv_cache_tables(doc))
+
+
+@calc_app.command("comm")
+def calc_comm(
+    params: Annotated[str, typer.Option("--params", help="parameter count: 7B, 7e9")],
+    gpus: Annotated[int, typer.Option("--gpus", help="ranks (data-parallel, TP or PP degree)")] = 8,
+    dtype: Annotated[str, typer.Option("--dtype", help="communicated dtype: fp32 | bf16 | fp16 | fp8")] = "bf16",
+    bandwidth: Annotated[float | None, typer.Option("--bandwidth", help="GB/s per rank: time per step")] = None,
+    grad_accum: Annotated[int, typer.Option("--grad-accum", help="micro-batches per optimizer step")] = 1,
+    layers: Annotated[int | None, typer.Option("--layers", help="decoder layers (TP row)")] = None,
+    batch: Annotated[int | None, typer.Option("--batch", help="sequences per micro-batch (TP/PP rows)")] = None,
+    seq: Annotated[int | None, typer.Option("--seq", help="tokens per sequence (TP/PP rows)")] = None,
+    hidden: Annotated[int | None, typer.Option("--hidden", help="model width (TP/PP rows)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Bytes each rank sends per step: ring all-reduce, reduce-scatter, all-gather; DDP, ZeRO-1/2/3, TP, PP."""
+    from trainlab.distributed.comm import comm_result, comm_tables
+
+    doc = comm_result(params=params, gpus=gpus, dtype=dtype, bandwidth=bandwidth, grad_accum=grad_accum,
+                      layers=layers, batch=batch, seq=seq, hidden=hidden)
+    _emit(doc, True) if as_json else _print_tables(comm_tables(doc))

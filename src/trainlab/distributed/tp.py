@@ -1,0 +1,121 @@
+"""Tensor parallelism for the decoder with DTensor (Megatron-LM's split, Shoeybi et al. 2019).
+
+Each block's two matmul pairs are split so that one all-reduce finishes each pair::
+
+    attention:  q, k, v = x·W_qᵀ, x·W_kᵀ, x·W_vᵀ     ColwiseParallel  (W sharded by output rows: heads)
+                out     = attn(q, k, v)·W_oᵀ          RowwiseParallel  (W_o sharded by input columns)
+    MLP:        h       = SiLU(x·W_gᵀ) ⊙ (x·W_uᵀ)     ColwiseParallel  (gate, up)
+                out     = h·W_dᵀ                      RowwiseParallel  (down)
+
+A column-parallel layer takes the replicated input and leaves each rank its slice of the output
+features, with no communication; the row-parallel layer multiplies that slice by its slice of the
+weight and all-reduces the partial sums (forward: 2 all-reduces per block; backward: the column
+layers' input gradients, 2 more). Per rank the attention sees ``n_heads / tp`` query heads and
+``n_kv_heads / tp`` key/value heads: with grouped-query attention (group ``g = n_heads / n_kv_heads``)
+rank ``r`` holds query heads ``r·H/tp ... (r+1)·H/tp − 1``, whose key/value heads
+``(r·H/tp)/g ... `` are exactly the contiguous ``r``-th slice of the kv heads, so the split is exact when
+both head counts divide by ``tp`` (otherwise `parallelize_decoder` refuses: replicating kv heads is
+not implemented). Embeddings, norms and the LM head stay replicated (plain tensors): every rank
+computes them identically, as the data is the same on every tensor-parallel rank.
+
+The plan is torch's ``parallelize_module`` (``torch.distributed.tensor.parallel``); this is the same
+plan torchtitan applies to Llama, without sequence parallelism or the sharded embedding/head.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from trainlab.errors import UserError
+
+
+def check_tp_degree(n_heads: int, n_kv_heads: int, hidden_dim: int, tp: int) -> None:
+    """Raise `UserError` unless query heads, key/value heads and the MLP width divide by ``tp``."""
+    problems = []
+    if n_heads % tp:
+        problems.append(f"model.n_heads={n_heads}")
+    if n_kv_heads % tp:
+        problems.append(f"key/value heads={n_kv_heads} (model.n_kv_heads)")
+    if hidden_dim % tp:
+        problems.append(f"MLP width={hidden_dim}")
+    if problems:
+        raise UserError(f"tensor parallel degree {tp} must divide {', '.join(problems)}: each rank holds a whole "
+                        "number of heads (GQA: kv heads too) and MLP columns", key="dist.tp")
+
+
+def tp_plan() -> dict[str, Any]:
+    """The per-block plan: module path inside a `Block` -> parallel style."""
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+
+    return {"attn.q_proj": ColwiseParallel(), "attn.k_proj": ColwiseParallel(), "attn.v_proj": ColwiseParallel(),
+            "attn.o_proj": RowwiseParallel(), "mlp.gate_proj": ColwiseParallel(), "mlp.up_proj": ColwiseParallel(),
+            "mlp.down_proj": RowwiseParallel()}
+
+
+def parallelize_decoder(model: nn.Module, mesh: Any) -> nn.Module:
+    """Apply the tensor-parallel plan to every block of a `trainlab.model.decoder.Decoder` in place.
+
+    ``mesh``: a 1-D ``DeviceMesh`` of the tensor-parallel ranks. The model must be identical on every
+    rank (same seed or the same checkpoint): each rank keeps its shard of the full weights.
+    """
+    from torch.distributed.tensor.parallel import parallelize_module
+
+    tp = mesh.size()
+    layers = getattr(model, "layers", None)
+    if layers is None or not len(layers):
+        raise UserError("tensor parallel needs trainlab's Decoder (blocks with attn.q_proj ... mlp.down_proj); "
+                        f"got {type(model).__name__}", key="dist.strategy")
+    attn0 = layers[0].attn
+    check_tp_degree(attn0.n_heads, attn0.n_kv_heads, layers[0].mlp.gate_proj.out_features, tp)
+    for block in layers:
+        parallelize_module(block, mesh, tp_plan())
+        block.attn.n_heads //= tp  # the attention reshapes with the local head counts
+        block.attn.n_kv_heads //= tp
+    model._tp_degree = tp  # type: ignore[attr-defined]
+    return model
+
+
+def grad_norm_(params: Any, max_norm: float) -> Any:
+    """Global L2 gradient norm of a tensor-parallel model; clip to ``max_norm`` if it is > 0.
+
+    Sharded gradients (DTensors) contribute the squares of their local shard, summed over the
+    tensor-parallel group (one all-reduce); replicated ones (plain tensors, identical on every rank)
+    count once. The result is the norm of the full, unsharded gradient: what one process computes.
+    """
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+
+    sharded = torch.zeros((), dtype=torch.float64)
+    replicated = torch.zeros((), dtype=torch.float64)
+    group = None
+    grads = [p.grad for p in params if p.grad is not None]
+    for g in grads:
+        if isinstance(g, DTensor):
+            group = group or g.device_mesh.get_group()
+            sharded += g.to_local().double().pow(2).sum().cpu()
+        else:
+            replicated += g.double().pow(2).sum().cpu()
+    if group is not None:
+        dist.all_reduce(sharded, group=group)
+    norm = (sharded + replicated).sqrt().float()
+    if max_norm > 0:
+        coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+        for g in grads:
+            (g.to_local() if isinstance(g, DTensor) else g).mul_(coef.to(g.dtype))
+    return norm
+
+
+def full_state_dict(model: nn.Module) -> dict[str, Any]:
+    """Every parameter as a full (unsharded) tensor, on every rank (a collective: call on all ranks)."""
+    from torch.distributed.tensor import DTensor
+
+    out = {}
+    for name, p in model.state_dict().items():
+        out[name] = (p.full_tensor() if isinstance(p, DTensor) else p).detach().clone()
+    return out
+
+
+__all__ = ["check_tp_degree", "full_state_dict", "grad_norm_", "parallelize_decoder", "tp_plan"]

@@ -1,0 +1,1 @@
+"""Lab: distributed training on 2 CPU processes (see `run`)."""
