@@ -8,7 +8,10 @@ one decode step per new token against a KV cache; position ids come from the mas
 A model takes the cached path when it offers the incremental-decoding hooks of
 :class:`IncrementalDecoder` (``init_cache`` and ``decode_step``); otherwise (or with
 ``use_cache=False``) every step re-runs the full sequence through ``model(input_ids, mask)``,
-which is slow but the reference the cached path is tested against.
+which is slow but the reference the cached path is tested against. ``cache="static"`` decodes
+trainlab's own decoder on a cache preallocated for ``prompt + max_new_tokens`` tokens with a
+specialised step (:mod:`trainlab.model.static_cache`); ``"dynamic"`` (the default) is the model's
+own cache (:class:`~trainlab.model.cache.KVCache`, or transformers' for a transformers model).
 
 Decoding rules (Holtzman et al., 2020, "The Curious Case of Neural Text Degeneration", for
 nucleus sampling):
@@ -29,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -37,6 +40,8 @@ from torch import Tensor
 from trainlab.errors import UserError
 
 TokenIds = int | Sequence[int] | None
+CacheKind = Literal["dynamic", "static"]
+CACHE_KINDS: tuple[str, ...] = ("dynamic", "static")
 #: ``on_step(tokens [B])``, called with each step's new tokens (finished rows hold padding); it may
 #: return a bool ``[B]`` mask (or one bool for every row) of rows to finish now, as an eos would.
 StepHook = Callable[[Tensor], "Tensor | bool | None"]
@@ -149,6 +154,7 @@ def generate(
     generator: torch.Generator | None = None,
     use_cache: bool = True,
     on_step: StepHook | None = None,
+    cache: CacheKind = "dynamic",
     **options: Any,
 ) -> Tensor:
     """Continue left-padded prompts ``input_ids [B, T]``; returns ``[B, T + n]``, ``n <= max_new_tokens``.
@@ -159,9 +165,12 @@ def generate(
     logits' device) makes sampling reproducible. Right-padded prompts are rejected: a new token
     would follow padding instead of the prompt. ``on_step`` (:data:`StepHook`) sees every step's
     tokens as they are chosen (streaming) and may finish rows (stop strings); ``n < max_new_tokens``
-    then also when every row was finished by it.
+    then also when every row was finished by it. ``cache`` is ``"dynamic"`` or ``"static"`` (see the
+    module docstring; ignored with ``use_cache=False``).
     """
     sp = SamplingParams.of(params, options)
+    if cache not in CACHE_KINDS:
+        raise UserError(f"cache must be one of {', '.join(CACHE_KINDS)}, got {cache!r}")
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be [B, T], got {tuple(input_ids.shape)}")
     b, t = input_ids.shape
@@ -177,14 +186,21 @@ def generate(
     eos, pad = list(sp.eos_ids), sp.pad_id
     eos_t = torch.tensor(eos, device=device, dtype=input_ids.dtype)
     finished = torch.zeros(b, dtype=torch.bool, device=device)
-    cached = use_cache and isinstance(model, IncrementalDecoder)
+    static = use_cache and cache == "static"
+    cached = use_cache and not static and isinstance(model, IncrementalDecoder)
 
     # position of the next token of each row = number of real tokens so far
     next_pos = mask.sum(dim=-1, keepdim=True)
-    if cached:
-        cache = model.init_cache(b, t + sp.max_new_tokens)
+    if static:
+        from trainlab.model.static_cache import StaticDecoder
+
+        state = StaticDecoder(model, b, t + sp.max_new_tokens)
+        logits = state.prefill(input_ids, mask)
+        next_pos = next_pos[:, 0]
+    elif cached:
+        kv = model.init_cache(b, t + sp.max_new_tokens)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits, cache = model.decode_step(input_ids, mask, positions, cache)
+        logits, kv = model.decode_step(input_ids, mask, positions, kv)
     else:
         logits = model(input_ids, mask)[:, -1]
 
@@ -202,9 +218,13 @@ def generate(
                 finished |= stop.to(device=device, dtype=torch.bool) if isinstance(stop, Tensor) else bool(stop)
         if step == sp.max_new_tokens - 1 or bool(finished.all()):
             break
+        if static:
+            logits = state.step(nxt, next_pos)
+            next_pos = next_pos + 1
+            continue
         mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
         if cached:
-            logits, cache = model.decode_step(nxt[:, None], mask, next_pos, cache)
+            logits, kv = model.decode_step(nxt[:, None], mask, next_pos, kv)
             next_pos = next_pos + 1
         else:
             logits = model(torch.cat(tokens, dim=1), mask)[:, -1]
@@ -227,8 +247,9 @@ class GenerateMixin:
         generator: torch.Generator | None = None,
         use_cache: bool = True,
         on_step: StepHook | None = None,
+        cache: CacheKind = "dynamic",
         **options: Any,
     ) -> Tensor:
         """Continue left-padded prompts; see :func:`trainlab.model.generate.generate`."""
         return generate(self, input_ids, attention_mask, params, generator=generator, use_cache=use_cache,
-                        on_step=on_step, **options)
+                        on_step=on_step, cache=cache, **options)
