@@ -296,6 +296,20 @@ def test_a_max_length_past_the_models_positions_is_capped_out_loud(capfd: pytest
     assert (train["max_length"], train["max_length_capped_from"]) == (64, 100000)
 
 
+def test_skipped_records_are_said_once_with_the_first_reason(capfd: pytest.CaptureFixture[str], tmp_path: Path,
+                                                             models: dict[str, Path], pairs: Path) -> None:
+    """A malformed line was reported twice: a log warning and the summary line."""
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(pairs.read_text(encoding="utf-8") + '{"prompt": "1+1=", "chosen": "2"}\n', encoding="utf-8")
+    code, _, err = _cli(capfd, "dpo", "--model", models["gpt2"], "--data", data, "--max-steps", "1",
+                        "--out", tmp_path / "out")
+    assert code == 0, err
+    said = [ln for ln in err.splitlines() if "malformed" in ln]
+    assert len(said) == 1, err
+    assert "skipped 1 malformed record(s) of 9; first: " in said[0] and f"{data}:9" in said[0], said
+    assert "rejected: missing key 'rejected'" in said[0], said
+
+
 # ------------------------------------------------------------------------------------------------ eval
 
 def test_eval_reference_with_another_tokenizer_is_refused(capfd: pytest.CaptureFixture[str],

@@ -60,9 +60,9 @@ def _load(src: Any, kind: str, cfg: AlignRunConfig, tokenizer: Any, what: str, i
     dc = cfg.align_data
     report: LoadReport = load_records(src, kind, tokenizer=tokenizer, strict=dc.strict, split=dc.split)  # type: ignore[arg-type]
     info[what] = report.summary()
-    if report.skipped:
-        log.warning("skipped %d malformed record(s) of %d in %s; first: %s", report.skipped, report.n_read,
-                    report.source, report.issues[0])
+    if report.skipped:  # said once, on the console by `describe_data` (and in the summary's data info)
+        log.debug("skipped %d malformed record(s) of %d in %s; first: %s", report.skipped, report.n_read,
+                  report.source, report.issues[0])
     return list(report.records)
 
 
@@ -146,7 +146,8 @@ def describe_data(info: dict[str, Any]) -> list[str]:
     for key, what in (("load", "training"), ("eval_load", "evaluation")):
         load = info.get(key) or {}
         if load.get("skipped"):
-            lines.append(f"{what} data: skipped {load['skipped']} malformed record(s) of {load['read']} "
+            first = f"; first: {load['issues'][0]}" if load.get("issues") else ""
+            lines.append(f"{what} data: skipped {load['skipped']} malformed record(s) of {load['read']}{first} "
                          "(--strict to stop at the first)")
     train = info.get("train") or {}
     n = train.get("pairs", train.get("examples", 0))
