@@ -135,6 +135,28 @@ class TrainConfig(StrictModel):
     max_skipped_steps: int = Field(20, gt=0, description="consecutive fp16 overflow skips before giving up")
 
 
+DistStrategy = Literal["auto", "none", "ddp", "fsdp", "zero1", "zero2", "zero3", "tp", "pp"]
+
+
+class DistConfig(StrictModel):
+    """Distributed training (`trainlab.distributed`): used when the run has more than one process
+    (``--nproc N`` or torchrun). The mesh is ``pp × dp × tp`` = world size (``dp`` = data parallel)."""
+
+    strategy: DistStrategy = Field("auto", description="ddp, fsdp (= zero3: FSDP2 fully_shard), zero2 (FSDP2 "
+                                   "without resharding after forward), zero1, tp, pp; auto: from the mesh sizes "
+                                   "(tp > 1: tp, pp > 1: pp, dp_shard > 1: fsdp, else ddp); none: refuse to run "
+                                   "on more than one process")
+    engine: Literal["torch", "deepspeed"] = Field("torch", description="zero1/2/3 through torch (FSDP2, "
+                                                  "ZeroRedundancyOptimizer) or DeepSpeed (pip install "
+                                                  "trainlab[deepspeed])")
+    dp_shard: int = Field(-1, ge=-1, description="ranks a parameter is sharded over (FSDP); -1: all data-parallel "
+                          "ranks (with strategy auto: 1, i.e. DDP)")
+    tp: int = Field(1, ge=1, description="tensor-parallel degree")
+    pp: int = Field(1, ge=1, description="pipeline-parallel degree (stages)")
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: nccl on CUDA, gloo on CPU")
+    timeout_minutes: float = Field(10.0, gt=0, description="a collective waiting longer than this fails the run")
+
+
 class RunConfig(StrictModel):
     """A whole run: model shape, data, optimization."""
 
@@ -142,6 +164,7 @@ class RunConfig(StrictModel):
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     peft: PeftConfig = PeftConfig()
+    dist: DistConfig = DistConfig()
 
 
 # --------------------------------------------------------------------------------------------
