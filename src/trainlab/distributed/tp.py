@@ -10,9 +10,11 @@ Each block's two matmul pairs are split so that one all-reduce finishes each pai
 A column-parallel layer takes the replicated input and leaves each rank its slice of the output
 features, with no communication; the row-parallel layer multiplies that slice by its slice of the
 weight and all-reduces the partial sums (forward: 2 all-reduces per block; backward: the column
-layers' input gradients, 2 more). Per rank the attention sees ``n_heads / tp`` query heads and
-``n_kv_heads / tp`` key/value heads: with grouped-query attention (group ``g = n_heads / n_kv_heads``)
-rank ``r`` holds query heads ``r·H/tp ... (r+1)·H/tp − 1``, whose key/value heads
+layers' input gradients, 2 more: q/k/v share one replicated input, as do gate/up).
+
+Per rank the attention sees ``n_heads / tp`` query heads and ``n_kv_heads / tp`` key/value heads:
+with grouped-query attention (group ``g = n_heads / n_kv_heads``) rank ``r`` holds query heads
+``r·H/tp ... (r+1)·H/tp − 1``, whose key/value heads
 ``(r·H/tp)/g ... `` are exactly the contiguous ``r``-th slice of the kv heads, so the split is exact when
 both head counts divide by ``tp`` (otherwise `parallelize_decoder` refuses: replicating kv heads is
 not implemented). Embeddings, norms and the LM head stay replicated (plain tensors): every rank
@@ -54,6 +56,24 @@ def tp_plan() -> dict[str, Any]:
             "mlp.down_proj": RowwiseParallel()}
 
 
+def _replicated_input(mesh: Any) -> Any:
+    """A pre-hook making the first input a replicated DTensor, so that q/k/v (gate/up) share it.
+
+    Their input gradients then add up as one partial sum and are all-reduced once, at this boundary
+    (Megatron's ``f`` operator), instead of once per column-parallel layer (3 + 2 all-reduces).
+    """
+    from torch.distributed.tensor import DTensor, Replicate
+
+    def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        del module
+        x = args[0]
+        if isinstance(x, DTensor):
+            return args
+        return (DTensor.from_local(x, mesh, [Replicate()], run_check=False), *args[1:])
+
+    return hook
+
+
 def parallelize_decoder(model: nn.Module, mesh: Any) -> nn.Module:
     """Apply the tensor-parallel plan to every block of a `trainlab.model.decoder.Decoder` in place.
 
@@ -71,6 +91,8 @@ def parallelize_decoder(model: nn.Module, mesh: Any) -> nn.Module:
     check_tp_degree(attn0.n_heads, attn0.n_kv_heads, layers[0].mlp.gate_proj.out_features, tp)
     for block in layers:
         parallelize_module(block, mesh, tp_plan())
+        for sub in (block.attn, block.mlp):
+            sub.register_forward_pre_hook(_replicated_input(mesh))
         block.attn.n_heads //= tp  # the attention reshapes with the local head counts
         block.attn.n_kv_heads //= tp
     model._tp_degree = tp  # type: ignore[attr-defined]
