@@ -85,12 +85,21 @@ def _align_command(method: str, overrides: list[str] | None, config: Path | None
                                     "units_seen", "final_loss",
                                     "train_time_s", "wall_time_s", "reference", "peak_memory", "final_eval",
                                     "accuracy", "data")}
+    if result.get("peft"):  # trainable parameters, adapter bytes and folder of a PEFT run
+        shown["peft"] = result["peft"]
     _emit(shown, as_json)
     if not as_json:
         acc = result["accuracy"]
         for line in describe_data(result["data"]):  # skipped, truncated, dropped, held out
             _say(line)
-        _say(f"saved {method} model to {result['model_dir']}; final loss {result['final_loss']:.4f}"
+        peft = result.get("peft")
+        if peft:
+            _say(f"{peft['method']}: {peft['trainable_params']:,} trainable of {peft['total_params']:,} parameters "
+                 f"({peft['trainable_fraction']:.3%}); adapter {peft['adapter_bytes']:,} bytes in "
+                 f"{peft['adapter_dir']}")
+        saved = f"model to {result['model_dir']}" if result["model_dir"] or not peft else \
+            f"adapter to {peft['adapter_dir']}"
+        _say(f"saved {method} {saved}; final loss {result['final_loss']:.4f}"
              + (f"; oracle accuracy {acc['overall']:.1%}" if acc else ""))
 
 

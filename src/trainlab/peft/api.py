@@ -198,6 +198,10 @@ class ReferenceView(nn.Module):
     def output_embedding(self) -> Tensor:
         return self.policy.output_embedding()  # type: ignore[operator,no-any-return]
 
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+        """The policy's (a reference cache is keyed by the weights it scores with)."""
+        return self.policy.state_dict(*args, **kwargs)  # type: ignore[no-any-return]
+
     def forward(self, *args: Any, **kwargs: Any) -> Tensor:
         with self._base() as m:
             return m(*args, **kwargs)  # type: ignore[no-any-return]

@@ -55,6 +55,7 @@ from trainlab.errors import UserError
 from trainlab.memory.measure import PeakMemory, training_memory
 from trainlab.model.protocol import apply_checkpointing, disable_dropout
 from trainlab.model.saving import resolve_save_dtype, save_model
+from trainlab.peft.run import apply_run_peft, save_run_peft
 from trainlab.recipes.align_data import AlignmentData, build_alignment_data, check_vocab, describe_data
 from trainlab.recipes.align_model import (
     ReferenceSetup,
@@ -153,6 +154,8 @@ def run_alignment(method: str, cfg: AlignRunConfig, model_path: str | Path, out_
     model, tokenizer = load_policy(model_path, device)
     apply_checkpointing(model, cfg.model.checkpointing, cfg.model.checkpoint_every)
     dropouts = disable_dropout(model) if cfg.align.disable_dropout else {}
+    # after disable_dropout: an adapter dropout the user asked for (peft.dropout) stays on
+    peft_info = apply_run_peft(model, cfg)
     if data is None:
         data = build_alignment_data(method, cfg, tokenizer, max_positions=max_positions(model))
     check_vocab(model, data)
@@ -175,12 +178,18 @@ def run_alignment(method: str, cfg: AlignRunConfig, model_path: str | Path, out_
         identity = {"method": method, "model": folder_fingerprint(model_path), "data": data.train.fingerprint()}
         if cfg.align.ref_model:
             identity["ref_model"] = folder_fingerprint(cfg.align.ref_model)
+        if peft_info is not None:  # a LoRA checkpoint does not resume as a full fine-tune (or another rank)
+            identity["peft"] = cfg.peft.model_dump(mode="json", exclude={"merge"})
         trainer = Trainer(model, objective, batcher, cfg.train, out, eval_fn=evaluation_fn(spec, cfg, data, ref),
                           run_config=run_config, quiet=quiet, callbacks=callbacks, identity=identity)
         result = trainer.fit(resume=resume, force=force)
     policy = trainer.model
     save_dtype = resolve_save_dtype(policy, cfg.align.save_dtype)
-    model_dir = save_model(policy, out / "model", tokenizer, save_dtype=save_dtype) if save else None
+    peft_summary = None
+    if peft_info is not None:
+        peft_summary, model_dir = save_run_peft(policy, cfg, out, tokenizer, save_dtype, peft_info, save)
+    else:
+        model_dir = save_model(policy, out / "model", tokenizer, save_dtype=save_dtype) if save else None
     profile = defaults_profile(model_path)
     if model_dir is not None:  # the next stage from this folder starts from the same defaults
         write_json(Path(model_dir) / PROVENANCE_FILE, {"defaults": profile, "method": method,
@@ -209,6 +218,7 @@ def run_alignment(method: str, cfg: AlignRunConfig, model_path: str | Path, out_
         "reference": ref.info,
         "peak_memory": mem.result(),
         "memory": memory,
+        "peft": peft_summary,
         "device": str(device),
         "history": result.history,
         "eval_history": result.eval_history,

@@ -25,6 +25,7 @@ from trainlab.align.reference import FrozenReference, reference_logps
 from trainlab.data.tokenizer import load_tokenizer
 from trainlab.errors import UserError
 from trainlab.model.protocol import disable_dropout, load_model
+from trainlab.peft.api import ReferenceView, peft_state
 from trainlab.recipes.align_data import AlignmentData, check_vocab
 from trainlab.recipes.methods import AlignMethod
 from trainlab.train.amp import autocast_context
@@ -102,9 +103,11 @@ def prepare_reference(spec: AlignMethod, cfg: AlignRunConfig, model: nn.Module, 
         info["model"] = a.ref_model or "the starting policy"
     # a copy of the starting weights only where a model must live on during training
     keep = want_kl or (spec.reference and a.reference == "frozen")
-    frozen = FrozenReference(source if source is not None else model, chunk_size=a.chunk_size,
-                             copy_weights=source is None) if keep else None
-    scorer = source if source is not None else model  # before training: the policy is still π_0
+    # a policy with PEFT adapters: π_ref is the same model with its adapters switched off (no copy)
+    base = ReferenceView(model) if peft_state(model) is not None else model
+    frozen = FrozenReference(source if source is not None else base, chunk_size=a.chunk_size,
+                             copy_weights=source is None and base is model) if keep else None
+    scorer = source if source is not None else base  # before training: the policy is still π_0
     if spec.reference and a.reference == "cached":
         values, cached = reference_logps(scorer, data.train, spec.collate(data.pad_id), kind=spec.reference_kind,
                                          # no graph is kept: a wide batch is cheaper per pair
