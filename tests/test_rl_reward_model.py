@@ -129,3 +129,70 @@ def test_loss_and_gradients_equal_trl_reward_trainer(backbone: str, margin: bool
             continue
         torch.testing.assert_close(p.grad, hf_params[names[name]].grad, rtol=1e-4, atol=1e-6, msg=name)
     assert rm.head.weight.grad is not None and rm.head.weight.grad.abs().sum() > 0
+
+
+# ---- trainlab rm: the command and the recipe ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def base_model() -> Path:
+    from trainlab.recipes.base_model import embedded_base_model
+
+    return embedded_base_model("tiny")
+
+
+def test_trainlab_rm_output_loads_with_auto_model_for_sequence_classification(
+        base_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from trainlab.cli import run_cli
+
+    code = run_cli(["rm", "--preset", "tiny", "--model", str(base_model), "--out", str(tmp_path / "rm"),
+                    "--max-steps", "2", "--json", "train.device=cpu"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["steps"] == 2 and result["kind"] == "trainlab" and 0.0 <= result["accuracy"] <= 1.0
+    folder = Path(result["model_dir"])
+    hf = _auto_seqcls(folder)
+    ours, tok = load_reward_model(folder)
+    assert hf.config.pad_token_id == tok.pad_token_id == ours.pad_token_id
+    enc = tok(["12 < 7? no", "sort 3 1 2: 1 2 3", "reverse ab"], padding=True, return_tensors="pt")
+    torch.testing.assert_close(ours(enc["input_ids"], enc["attention_mask"]),
+                               hf(**enc).logits.squeeze(-1), rtol=1e-5, atol=1e-5)
+
+
+def test_reward_model_run_resumes_to_the_same_weights(base_model: Path, tmp_path: Path) -> None:
+    from trainlab.recipes.rlhf import rm_config, run_reward_model
+
+    def cfg(steps: int, *extra: str):  # type: ignore[no-untyped-def]
+        return rm_config(preset="tiny", overrides=["train.device=cpu", f"train.max_steps={steps}",
+                                                   "train.eval_every=0", "train.warmup_steps=1", *extra])
+
+    straight = run_reward_model(cfg(3), base_model, tmp_path / "a")
+    run_reward_model(cfg(2, "train.keep_checkpoint=true", "train.max_steps=3", "train.save_every=2"),
+                     base_model, tmp_path / "b", callbacks=[_StopAt(2)])
+    resumed = run_reward_model(cfg(3), base_model, tmp_path / "b", resume=True)
+    assert resumed["resumed_from"] == 2 and resumed["steps"] == 3
+    a, _ = load_reward_model(straight["model_dir"])
+    b, _ = load_reward_model(resumed["model_dir"])
+    for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=0, msg=name)
+
+
+class _StopAt:
+    """A training callback that stops the run after ``step`` (an interrupted run, checkpoint kept)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_fit_start(self, trainer: object) -> None: ...
+
+    def on_step_end(self, trainer: object, step: int, metrics: object) -> None:
+        if step == self.step:
+            trainer.request_stop("test")  # type: ignore[attr-defined]
+
+    def on_eval(self, *args: object) -> None: ...
+
+    def on_checkpoint(self, *args: object) -> None: ...
+
+    def on_fit_end(self, *args: object) -> None: ...

@@ -98,6 +98,29 @@ class RLConfig(StrictModel):
                                  "(TRL's mask_truncated_completions)")
     n_eval: int = Field(0, ge=0, description="held-out prompts per task for oracle accuracy at eval (0: the "
                         "align_data.n_eval_per_task)")
+    # -- reward model (trainlab rm) and PPO (trainlab ppo): trainlab.rl.reward_model, trainlab.rl.ppo --------------
+    rm_margin: float = Field(0.0, description="reward model: margin m of -log σ(r_c - r_r - m) (a data margin "
+                             "column wins)")
+    center_rewards_coefficient: float | None = Field(None, ge=0, description="reward model: TRL's weight of "
+                                                     "(r_c + r_r)² pulling rewards to mean 0; None: off")
+    gamma: float = Field(1.0, gt=0, le=1, description="PPO: GAE discount γ")
+    lam: float = Field(0.95, ge=0, le=1, description="PPO: GAE λ")
+    ppo_epochs: int = Field(4, ge=1, description="PPO: passes over each rollout (TRL's num_ppo_epochs)")
+    mini_batches: int = Field(1, ge=1, description="PPO: optimizer steps per pass over a rollout "
+                              "(TRL's num_mini_batches)")
+    vf_coef: float = Field(0.1, ge=0, description="PPO: weight of the value loss")
+    cliprange_value: float = Field(0.2, gt=0, description="PPO: the value may move at most this far from the "
+                                   "rollout's value per update (clipped value loss)")
+    whiten_advantages: bool = Field(True, description="PPO: whiten advantages over the rollout's tokens")
+    whiten_rewards: bool = Field(False, description="PPO: whiten the token rewards before GAE (TRL's "
+                                 "whiten_rewards)")
+    kl_ctl: Literal["fixed", "adaptive"] = Field("fixed", description="PPO: fixed β, or Ziegler et al.'s "
+                                                 "adaptive controller toward kl_target")
+    kl_target: float = Field(6.0, gt=0, description="PPO adaptive KL: the target sequence KL (nats)")
+    kl_horizon: int = Field(10000, ge=1, description="PPO adaptive KL: horizon (samples) of the controller")
+    value_model: Literal["separate", "shared"] = Field("separate", description="PPO: a separate value model "
+                                                       "(from the reward model, else the policy) or a value "
+                                                       "head on the policy (one forward for both)")
 
     @field_validator("loss_agg", mode="before")
     @classmethod

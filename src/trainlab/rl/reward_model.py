@@ -112,6 +112,13 @@ class RewardModel(nn.Module):
         """The ``score`` head, ``Linear(D, 1, bias=False)``."""
         return self.seqcls.score if self.kind == "hf" else self.score
 
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the input embedding: every token id fed to the model must be below it."""
+        if self.kind == "hf":
+            return int(self.body.get_input_embeddings().weight.shape[0])
+        return int(self.backbone.embed.weight.shape[0])
+
     def hidden_states(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                       position_ids: Tensor | None = None) -> Tensor:
         """Final-normed hidden states ``[B, T, D]`` (positions ``cumsum(mask) - 1``, as the policy's)."""
@@ -461,3 +468,35 @@ def score_sequences(model: RewardModel, sequences: Sequence[Sequence[int]], *, p
             mask[i, :len(r)] = 1
         out.append(model(ids.to(device), mask.to(device)).float().cpu())
     return torch.cat(out) if out else torch.zeros(0)
+
+
+def load_reward_scorer(path: str | Path, device: torch.device | str = "cpu", *, batch_size: int = 64
+                       ) -> Any:
+    """``score(prompts, completions) -> Tensor [N]``: a saved reward model judging texts.
+
+    Each (prompt, completion) is tokenized as the reward model's training pairs were
+    (`trainlab.align.datasets.tokenize_completions`: the tokenizer's special tokens, the completion
+    split from the prompt in token space, eos ending a plain completion), then scored at its last token.
+    """
+    from trainlab.align.datasets import eos_id, tokenize_completions
+
+    rm, tokenizer = load_reward_model(path, device)
+    rm.eval()
+    pad = rm.pad_token_id if rm.pad_token_id is not None else _pad_id(tokenizer)
+    eos = eos_id(tokenizer)
+
+    def score(prompts: Sequence[str], completions: Sequence[str]) -> Tensor:
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+        rows = tokenize_completions(tokenizer, list(prompts), [(c,) for c in completions], [False] * len(prompts))
+        seqs = []
+        for p, comps, _ in rows:
+            c = list(comps[0])
+            if not c or c[-1] != eos:
+                c.append(eos)
+            seqs.append(list(p) + c)
+        return score_sequences(rm, seqs, pad_id=int(pad), batch_size=batch_size)
+
+    score.model = rm  # type: ignore[attr-defined]
+    score.tokenizer = tokenizer  # type: ignore[attr-defined]
+    return score
