@@ -347,14 +347,18 @@ class Decoder(GenerateMixin, nn.Module):
         attention_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
         cache: KVCache | None = None,
+        inputs_embeds: Tensor | None = None,
     ) -> Tensor:
         """Final-normed hidden states ``[B, T, D]``.
 
         ``attention_mask`` is ``[B, T]``, or ``[B, past + T]`` with a ``cache`` holding ``past``
         tokens (the HF convention). ``position_ids`` default to ``cumsum(mask) - 1`` (last ``T``
-        columns), or ``past + arange(T)`` without a mask.
+        columns), or ``past + arange(T)`` without a mask. ``inputs_embeds [B, T, D]``, when given,
+        replaces ``embed(input_ids)`` (``input_ids`` may then be None): prompt tuning and P-tuning
+        prepend learned virtual-token embeddings this way (`trainlab.peft.prompt`).
         """
-        b, t = input_ids.shape
+        b, t = (inputs_embeds if inputs_embeds is not None else input_ids).shape[:2]
+        device = (inputs_embeds if inputs_embeds is not None else input_ids).device
         past = cache.seq_len if cache is not None else 0
         if attention_mask is not None and tuple(attention_mask.shape) != (b, past + t):
             raise ValueError(f"attention_mask must be [B, past+T] = {(b, past + t)}, got {tuple(attention_mask.shape)}")
@@ -362,10 +366,10 @@ class Decoder(GenerateMixin, nn.Module):
             if attention_mask is not None:
                 position_ids = positions_from_mask(attention_mask)[:, past:]
             else:
-                position_ids = torch.arange(past, past + t, device=input_ids.device).expand(b, t)
+                position_ids = torch.arange(past, past + t, device=device).expand(b, t)
         key_padding_mask = self._key_padding_mask(attention_mask, has_past=past > 0)
 
-        x = self.embed(input_ids)
+        x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
         cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
         for i, layer in enumerate(self.layers):
             if cache is None and self._checkpointed(i):
