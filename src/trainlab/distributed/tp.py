@@ -140,4 +140,66 @@ def full_state_dict(model: nn.Module) -> dict[str, Any]:
     return out
 
 
+def _register() -> None:
+    from torch import Tensor
+
+    from trainlab.distributed.fsdp import load_into_skeleton, meta_skeleton
+    from trainlab.distributed.strategy import Strategy, register_strategy
+
+    @register_strategy("tp")
+    class TPStrategy(Strategy):
+        """``dist.strategy=tp`` (``dist.tp=N``): the decoder's blocks split over the ``tp`` ranks of the mesh;
+        every rank sees the same batches (no data parallelism in this strategy: ``dp`` must be 1)."""
+
+        name = "tp"
+        description = "tensor parallel (DTensor): q/k/v, gate/up column-wise; o, down row-wise"
+        shards_parameters = True
+
+        def __init__(self, ctx: Any) -> None:
+            super().__init__(ctx)
+            self._skeleton: nn.Module | None = None
+            mesh = ctx.mesh
+            self.mesh = mesh["tp"] if mesh is not None else None
+            if self.mesh is None or self.mesh.size() != ctx.world:
+                tp = self.mesh.size() if self.mesh is not None else 1
+                raise UserError(f"dist.strategy=tp runs tensor parallel over all {ctx.world} processes: set "
+                                f"dist.tp={ctx.world} (got dist.tp={tp}; tp combined with data or pipeline "
+                                "parallelism is not implemented)", key="dist.tp")
+
+        def validate(self, cfg: Any) -> None:
+            if getattr(cfg, "fused", None):
+                raise UserError("dist.strategy=tp with train.fused=true: the fused AdamW kernel needs all "
+                                "parameters sharded alike (norms and embeddings stay replicated); leave "
+                                "train.fused unset", key="train.fused")
+
+        def wrap(self, model: nn.Module) -> nn.Module:
+            if self.ctx.is_main:
+                self._skeleton = meta_skeleton(model)
+            return parallelize_decoder(model, self.mesh)
+
+        def clip_grad_norm(self, params: Any, max_norm: float) -> Tensor:
+            return grad_norm_(params, max_norm)
+
+        def all_reduce_sum(self, values: Any) -> list[float]:
+            return [float(v) for v in values]  # every tp rank holds the whole batch: nothing to add
+
+        def reduce_metrics(self, sums: dict[str, float], weights: dict[str, float]) -> tuple[dict[str, float],
+                                                                                             dict[str, float]]:
+            return sums, weights
+
+        def full_state_dict(self, model: nn.Module) -> dict[str, Tensor]:
+            state = {k: v.cpu() for k, v in full_state_dict(model).items()}
+            return state if self.ctx.is_main else {}
+
+        def final_model(self, model: nn.Module) -> nn.Module | None:
+            state = self.full_state_dict(model)
+            if not self.ctx.is_main:
+                return None
+            assert self._skeleton is not None
+            skeleton, self._skeleton = self._skeleton, None
+            return load_into_skeleton(skeleton, state)
+
+
+_register()
+
 __all__ = ["check_tp_degree", "full_state_dict", "grad_norm_", "parallelize_decoder", "tp_plan"]

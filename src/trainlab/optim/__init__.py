@@ -21,6 +21,7 @@ New optimizers register a builder with `register_optimizer` (``optim/lion.py`` a
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -97,7 +98,18 @@ def fused_supported(groups: ParamGroups) -> bool:
     except ImportError:  # a torch without the helper: the two devices fused AdamW has had longest
         devices = {"cpu", "cuda"}
     params = [p for g in groups for p in g["params"]]
-    return bool(params) and all(p.device.type in devices and torch.is_floating_point(p) for p in params)
+    return (bool(params) and not mixes_dtensors(groups)
+            and all(p.device.type in devices and torch.is_floating_point(p) for p in params))
+
+
+def mixes_dtensors(groups: ParamGroups) -> bool:
+    """DTensor and plain parameters in one optimizer (tensor parallel shards the block matmuls and keeps
+    norms and embeddings plain): torch's multi-tensor kernels (fused, foreach) take one kind per call."""
+    module = sys.modules.get("torch.distributed.tensor")  # not imported: no DTensor exists
+    if module is None:
+        return False
+    kinds = {isinstance(p, module.DTensor) for g in groups for p in g["params"]}
+    return len(kinds) > 1
 
 
 @register_optimizer("adamw")
@@ -114,7 +126,7 @@ def _adamw(groups: ParamGroups, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.fused and not fused_supported(groups):
         raise UserError("train.fused=true: torch has no fused AdamW for these parameters' device or dtype; "
                         "use train.fused=false or leave it unset", key="train.fused")
-    kwargs: dict[str, Any] = {"fused": True} if fused else {"foreach": None}
+    kwargs: dict[str, Any] = {"fused": True} if fused else {"foreach": False if mixes_dtensors(groups) else None}
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
                              weight_decay=cfg.weight_decay, **kwargs)
 
