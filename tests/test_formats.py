@@ -305,3 +305,17 @@ def test_the_tokenizer_is_saved_unchanged_and_a_given_template_with_it(tmp_path:
             encoding="utf-8")
         reloaded = AutoTokenizer.from_pretrained(str(saved))
         assert reloaded.chat_template == (BUILTIN_CHAT_TEMPLATE if template else QWEN_TEMPLATE)
+
+
+def test_a_folder_without_data_files_names_what_it_expected(tmp_path: Path) -> None:
+    """An empty --data folder (or one of .txt files) said 'folder has no .jsonl files' though .json, .parquet,
+    .csv and `datasets` folders are read too."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("hello", encoding="utf-8")
+    for folder in (empty, tmp_path / "notes"):
+        with pytest.raises(UserError, match=r"folder has no data files: expected \.jsonl, \.json, \.parquet, \.csv"):
+            load_records(folder, "preference")
+    with pytest.raises(UserError, match=r"unsupported data file type '\.txt'"):
+        load_records(tmp_path / "notes" / "a.txt", "preference")

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from trainlab.data.loaders import JsonlRow, jsonl_files, read_jsonl
+from trainlab.data.loaders import DATASET_MARKERS, JsonlRow, check_record_source, has_files, jsonl_files, read_jsonl
 from trainlab.data.tasks import TASKS, TaskRecord, get_task, make_task_records
 from trainlab.errors import UserError
 
@@ -54,7 +54,6 @@ if TYPE_CHECKING:
 
 RecordKind = Literal["preference", "unpaired", "sft"]
 Messages = list[dict[str, str]]
-_DATASET_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 _DATASET_SUFFIXES = {".json": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 
 #: ``align_data.chat_template=builtin``: one ``<|role|>`` line per turn, assistant turns end with
@@ -473,7 +472,7 @@ def _open_dataset(path: Path, split: str) -> Any:
                         path=path) from None
     try:
         with _quiet_datasets(datasets):
-            if path.is_dir() and any((path / m).is_file() for m in _DATASET_MARKERS):
+            if path.is_dir() and any((path / m).is_file() for m in DATASET_MARKERS):
                 ds = datasets.load_from_disk(str(path))
             elif path.is_dir():  # .parquet/.json/.csv files, as a hub dataset lays them out: splits by file name
                 ds = datasets.load_dataset(str(path), split=split)
@@ -492,11 +491,6 @@ def _open_dataset(path: Path, split: str) -> Any:
     return ds
 
 
-def _has_files(folder: Path, suffixes: tuple[str, ...]) -> bool:
-    return any(p.is_file() and p.suffix.lower() in suffixes
-               and not any(part.startswith(".") for part in p.relative_to(folder).parts) for p in folder.rglob("*"))
-
-
 def record_rows(source: Any, split: str = "train") -> tuple[str, Iterable[Row]]:
     """(a name for messages, the rows) of a source: a path or an in-memory dataset / list of dicts."""
     if not isinstance(source, (str, Path)):
@@ -504,20 +498,14 @@ def record_rows(source: Any, split: str = "train") -> tuple[str, Iterable[Row]]:
             source = source[split]
         name = (getattr(source, "info", None) and getattr(source.info, "dataset_name", None)) or "dataset"
         return str(name), _dataset_rows(source, str(name))
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise UserError("data file or folder not found (trainlab reads local files only and never downloads)",
-                        path=path)
-    if path.is_dir() and any((path / m).is_file() for m in _DATASET_MARKERS):
+    path = check_record_source(source)
+    if path.is_dir() and any((path / m).is_file() for m in DATASET_MARKERS):
         return str(path), _dataset_rows(_open_dataset(path, split), str(path))
-    if path.is_dir() and not _has_files(path, (".jsonl",)) and _has_files(path, tuple(_DATASET_SUFFIXES)):
+    if path.is_dir() and not has_files(path, (".jsonl",)) and has_files(path, tuple(_DATASET_SUFFIXES)):
         return str(path), _dataset_rows(_open_dataset(path, split), str(path))
     if path.is_dir() or path.suffix.lower() == ".jsonl":
         return str(path), (row for f in jsonl_files(path) for row in _jsonl_rows(f))
-    if path.suffix.lower() in _DATASET_SUFFIXES:
-        return str(path), _dataset_rows(_open_dataset(path, split), str(path))
-    raise UserError(f"unsupported data file type {path.suffix or '(none)'!r}; expected .jsonl, .json, .parquet, "
-                    ".csv or a `datasets` folder", path=path)
+    return str(path), _dataset_rows(_open_dataset(path, split), str(path))  # .json/.parquet/.csv/.arrow
 
 
 def load_records(source: Any, kind: RecordKind = "preference", *, tokenizer: Any = None, strict: bool = False,

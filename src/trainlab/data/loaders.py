@@ -69,6 +69,33 @@ def _data_files(path: Path, suffixes: tuple[str, ...]) -> list[Path]:
     return [path]
 
 
+RECORD_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".arrow")
+DATASET_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
+
+
+def has_files(folder: Path, suffixes: tuple[str, ...]) -> bool:
+    """Whether ``folder`` holds a file with one of ``suffixes`` (hidden files and folders aside)."""
+    return any(p.is_file() and p.suffix.lower() in suffixes
+               and not any(part.startswith(".") for part in p.relative_to(folder).parts) for p in folder.rglob("*"))
+
+
+def check_record_source(source: str | Path) -> Path:
+    """The cheap checks of a ``--data`` path, before any work: it exists, and is a data file or a folder
+    holding some (or a ``datasets`` folder). Raises `UserError` naming the path."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise UserError("data file or folder not found (trainlab reads local files only and never downloads)",
+                        path=path)
+    if path.is_dir():
+        if not any((path / m).is_file() for m in DATASET_MARKERS) and not has_files(path, RECORD_SUFFIXES):
+            raise UserError(f"folder has no data files: expected {', '.join(RECORD_SUFFIXES)} files or a "
+                            "`datasets` folder (save_to_disk)", path=path)
+    elif path.suffix.lower() not in RECORD_SUFFIXES:
+        raise UserError(f"unsupported data file type {path.suffix or '(none)'!r}; expected .jsonl, .json, .parquet, "
+                        ".csv or a `datasets` folder", path=path)
+    return path
+
+
 def _read_text(path: Path) -> str:
     """The file's text (a UTF-8 byte-order mark dropped), or a `UserError` naming the bad line."""
     try:
