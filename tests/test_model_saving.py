@@ -14,6 +14,7 @@ import json
 
 import pytest
 import torch
+import transformers
 from _hf_tiny import hf_model_dir, make_tokenizer
 from safetensors import safe_open
 
@@ -53,7 +54,12 @@ def test_bf16_model_is_saved_bf16(tmp_path, arch, kind):
 
     out = save_model(model, tmp_path / "out", tok)
     assert _stored_dtypes(out) == {"BF16"}
-    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["dtype"] == "bfloat16"
+    # as save_pretrained writes it (our decoder's own writer included); rope in transformers 5's layout
+    assert saved["transformers_version"] == transformers.__version__
+    assert saved["rope_parameters"]["rope_theta"] == json.loads((src / "config.json").read_text()).get(
+        "rope_parameters", {}).get("rope_theta", saved["rope_parameters"]["rope_theta"])
     assert all(p.dtype == torch.float32 for p in model.parameters())  # the model itself was not cast
     fp32 = save_model(model, tmp_path / "fp32", tok, save_dtype="float32")
     assert _stored_dtypes(fp32) == {"F32"}

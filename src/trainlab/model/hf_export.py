@@ -20,6 +20,7 @@ half-written checkpoint under the final name.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import re
@@ -96,9 +97,19 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def _transformers_version() -> str | None:
+    try:
+        return importlib.metadata.version("transformers")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def hf_config_dict(cfg: ModelConfig, *, dtype: torch.dtype = torch.float32, tokenizer: Any = None) -> dict[str, Any]:
-    """``config.json`` content for a ``LlamaForCausalLM`` with ``cfg``'s shape."""
+    """``config.json`` content for a ``LlamaForCausalLM`` with ``cfg``'s shape. The rotary base is written both
+    as transformers 5 reads it (``rope_parameters``) and as older readers do (top-level ``rope_theta``:
+    transformers 4.x, converters); ``transformers_version`` as ``save_pretrained`` writes it."""
     special = {name: getattr(tokenizer, name, None) for name in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    version = _transformers_version()
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -123,6 +134,7 @@ def hf_config_dict(cfg: ModelConfig, *, dtype: torch.dtype = torch.float32, toke
         "use_cache": True,
         "dtype": _dtype_name(dtype),
         **special,
+        **({"transformers_version": version} if version else {}),
     }
 
 
