@@ -157,7 +157,8 @@ def merge(model: nn.Module) -> nn.Module:
     spec.merge(model)
     del model.trainlab_peft
     for p in model.parameters():
-        p.requires_grad_(True)
+        if p.is_floating_point():
+            p.requires_grad_(True)
     return model
 
 

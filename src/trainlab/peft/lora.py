@@ -89,16 +89,11 @@ class LoraLinear(nn.Module):
 
 
 def fold_into_base(base: nn.Module, weight: Tensor) -> nn.Module:
-    """``base`` with its weight set to ``weight`` (``[out, in]``); an NF4 base becomes an ``nn.Linear``."""
+    """``base`` with its weight set to ``weight`` (``[out, in]``); a quantized base becomes a float layer."""
+    to_float = getattr(base, "to_float", None)
+    if callable(to_float):  # a quantized base (QLoRA's NF4Linear) becomes a float layer of its original kind
+        return to_float(weight)  # type: ignore[no-any-return]
     with torch.no_grad():
-        if callable(getattr(base, "dequantize", None)):
-            bias = getattr(base, "bias", None)
-            out = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device,
-                            dtype=weight.dtype)
-            out.weight.copy_(weight)
-            if bias is not None:
-                out.bias.copy_(bias)
-            return out
         target = weight.T if is_conv1d(base) else weight
         base.weight.copy_(target.to(base.weight.dtype))
     return base

@@ -40,6 +40,8 @@ def is_conv1d(module: nn.Module) -> bool:
 
 def linear_shape(module: nn.Module) -> tuple[int, int]:
     """``(in_features, out_features)`` of a Linear or a Conv1D (weight ``[in, out]``, ``fan_in_fan_out``)."""
+    if callable(getattr(module, "dequantize", None)):  # a quantized base (QLoRA's NF4Linear)
+        return int(module.in_features), int(module.out_features)
     w = module.weight
     if is_conv1d(module):
         return int(w.shape[0]), int(w.shape[1])
