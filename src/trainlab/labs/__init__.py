@@ -72,6 +72,10 @@ LABS: dict[str, LabSpec] = {
         LabSpec("lab18", "Lab 1.8: ORPO vs SFT then DPO, and SimPO", "000, 001, 003",
                 "single-stage ORPO vs SFT+DPO vs SimPO: accuracy, wall time, training memory, curves; HF export "
                 "loaded by transformers", "trainlab.labs.lab18"),
+        LabSpec("peft", "PEFT: nine methods and a full fine-tune, same data and steps", "001",
+                "LoRA, QLoRA, AdaLoRA, bottleneck, prefix, prompt, P-tuning, IA3, BitFit (+DoRA) vs full fine-tune: "
+                "trainable parameters, memory, step time, accuracy, adapter size; LoRA rank sweep; QLoRA vs LoRA "
+                "memory", "trainlab.labs.peft"),
     ]
 }
 

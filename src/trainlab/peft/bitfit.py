@@ -80,7 +80,7 @@ def apply_bitfit(model: nn.Module, cfg: PeftConfig) -> PeftInfo:
     del cfg
     found = biased_modules(model)
     if not found:
-        raise UserError(f"peft.method=bitfit: {_model_name(model)} has no bias parameters (a Llama-style, "
+        raise UserError(f"bitfit: {_model_name(model)} has no bias parameters (a Llama-style, "
                         "bias-free model), so BitFit would train 0 parameters; use peft.method=ia3 (a few scaling "
                         "vectors per block) or peft.method=lora instead", key="peft.method")
     freeze(model)
