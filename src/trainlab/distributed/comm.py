@@ -315,7 +315,9 @@ class CommMeter:
                 if ns not in ("c10d", "_c10d_functional"):
                     return func(*args, **kwargs)
                 name = func._schema.name.split("::", 1)[-1]
-                kind = _OPS.get(name, name)
+                kind = _OPS.get(name)
+                if kind is None:  # wait_tensor, _wrap_tensor_autograd ...: bookkeeping, not collectives
+                    return func(*args, **kwargs)
                 w0 = wire_bytes_written()
                 out = func(*args, **kwargs)
                 if meter.wait and kind != "barrier":
