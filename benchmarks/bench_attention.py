@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
 import re
 import sys
@@ -65,17 +66,19 @@ def candidates(device: torch.device) -> list[tuple[str, str, str | None]]:
 
 def run_one(label: str, backend: str, kernel: str | None, *, batch: int, heads: int, kv_heads: int, seq: int,
             head_dim: int, causal: bool, dtype: torch.dtype, device: torch.device, backward: bool, warmup: int,
-            repeats: int) -> dict[str, Any]:
+            repeats: int, interpret: bool = False) -> dict[str, Any]:
     row: dict[str, Any] = {"backend": label, "batch": batch, "heads": heads, "kv_heads": kv_heads, "seq": seq,
                            "head_dim": head_dim, "causal": causal, "dtype": str(dtype).removeprefix("torch.")}
     g = torch.Generator(device="cpu").manual_seed(0)
     q = torch.randn(batch, heads, seq, head_dim, generator=g).to(device, dtype)
     k = torch.randn(batch, kv_heads, seq, head_dim, generator=g).to(device, dtype)
     v = torch.randn(batch, kv_heads, seq, head_dim, generator=g).to(device, dtype)
-    if device.type != "cuda" and backend in ("triton", "flash_attn"):
+    if device.type != "cuda" and backend in ("triton", "flash_attn") and not (backend == "triton" and interpret):
         row["skipped"] = "needs CUDA" + (" (the Triton interpreter, TRITON_INTERPRET=1, is for testing, not timing)"
                                          if backend == "triton" else "")
         return row
+    if device.type != "cuda" and backend == "triton":
+        row["note"] = "Triton interpreter: a dry run of the code path, not a timing"
     try:
         resolve_backend(backend, q, k, v, causal=causal)
     except UserError as exc:
@@ -130,7 +133,8 @@ def markdown(rows: list[dict[str, Any]], device_name: str) -> str:
         fmt = lambda x: f"{x:.3g}" if isinstance(x, float) else "—"  # noqa: E731
         lines.append(f"| {r['backend']} | {r['dtype']} | {r['head_dim']} | {r['heads'] // r['kv_heads']} | "
                      f"{'yes' if r['causal'] else 'no'} | {r['seq']} | {r['batch']}×{r['heads']} | "
-                     f"{fmt(r.get('fwd_tflops'))} | {fmt(r.get('fwd_bwd_tflops'))} | {r.get('skipped', '')} |")
+                     f"{fmt(r.get('fwd_tflops'))} | {fmt(r.get('fwd_bwd_tflops'))} | "
+                     f"{r.get('skipped', r.get('note', ''))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -148,7 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int)
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--interpret", action="store_true",
+                        help="on a CPU, run the triton backend in Triton's interpreter (TRITON_INTERPRET=1 must be "
+                             "set before start): a dry run of the script, not a timing")
     args = parser.parse_args(argv)
+    if args.interpret and os.environ.get("TRITON_INTERPRET") != "1":
+        parser.error("--interpret needs TRITON_INTERPRET=1 in the environment")
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
@@ -183,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
                             continue  # N² memory: minutes per point and tens of GiB
                         row = run_one(label, backend, kernel, batch=batch, heads=heads, kv_heads=heads // ratio,
                                       seq=n, head_dim=d, causal=causal, dtype=dtype, device=device,
-                                      backward=not args.no_backward, warmup=warmup, repeats=repeats)
+                                      backward=not args.no_backward, warmup=warmup, repeats=repeats,
+                                      interpret=args.interpret)
                         rows.append(row)
                         print(json.dumps(row), file=sys.stderr, flush=True)
     slug = re.sub(r"[^a-z0-9]+", "_", device_name.lower()).strip("_")[:60]
