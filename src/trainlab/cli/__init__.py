@@ -15,7 +15,7 @@ import sys
 
 import typer
 
-from trainlab.cli import align, calc, commands, convert, reward, serve  # noqa: F401  (they register their commands on the app)
+from trainlab.cli import align, calc, commands, convert, reward, rl, serve  # noqa: F401  (they register their commands on the app)
 from trainlab.cli import peft as _peft  # noqa: F401  (trainlab calc lora)
 from trainlab.cli.app import _say, app, calc_app, err_console, out_console
 from trainlab.errors import TrainingDiverged, TrainingInterrupted, UserError

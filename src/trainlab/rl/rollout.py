@@ -102,10 +102,20 @@ def completion_logps(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, comple
     """
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
     attention_mask = torch.cat([prompt_mask, completion_mask.to(prompt_mask.dtype)], dim=1)
+    return sequence_token_logps(model, input_ids, attention_mask, completion_mask, chunk_size=chunk_size)
+
+
+def sequence_token_logps(model: Any, input_ids: Tensor, attention_mask: Tensor, score_mask: Tensor, *,
+                         chunk_size: int = 0) -> Tensor:
+    """``[N, C]`` log-probs of the last ``C = score_mask.shape[1]`` tokens of ``input_ids`` where
+    ``score_mask`` is 1 (0 elsewhere); the attention follows ``attention_mask`` (a scored-out token
+    may still be attended to, e.g. a truncated completion masked out of the loss)."""
     hidden = model.hidden_states(input_ids, attention_mask=attention_mask)  # [N, T, D]
-    p, c = prompt_ids.shape[1], completion_ids.shape[1]
-    scored = completion_mask.bool()
-    h = hidden[:, p - 1:p + c - 1][scored]  # [M, D]
+    c = score_mask.shape[1]
+    t = input_ids.shape[1]
+    completion_ids = input_ids[:, t - c:]
+    scored = score_mask.bool()
+    h = hidden[:, t - c - 1:t - 1][scored]  # [M, D]: only scored positions meet the head
     tok = token_logprobs(h, model.output_embedding(), completion_ids[scored], chunk_size)
     out = torch.zeros(completion_ids.shape, dtype=tok.dtype, device=tok.device)
     return out.masked_scatter(scored, tok)
