@@ -16,6 +16,7 @@ import sys
 import typer
 
 from trainlab.cli import align, calc, commands, convert, reward, rl, serve  # noqa: F401  (they register their commands on the app)
+from trainlab.cli import app as app_module
 from trainlab.cli import peft as _peft  # noqa: F401  (trainlab calc lora)
 from trainlab.cli.app import _say, app, calc_app, err_console, out_console
 from trainlab.errors import TrainingDiverged, TrainingInterrupted, UserError
@@ -55,6 +56,7 @@ def _usage_error_line(exc: BaseException) -> str:
 def run_cli(args: list[str] | None = None) -> int:
     """Run the command line on ``args`` (default ``sys.argv[1:]``) and return the exit code:
     0 done (or help, or ``--version``), 2 bad input (one line on stderr), 130 interrupted, 1 failure."""
+    app_module.ARGV = list(args) if args is not None else sys.argv[1:]  # for --nproc (re-run under torchrun)
     if os.environ.get("TRAINLAB_DEBUG"):  # tracebacks and click's own messages, for debugging
         app(args=args, prog_name="trainlab")
         return 0

@@ -15,6 +15,7 @@ from trainlab.cli.app import (
     ForceOpt,
     JsonOpt,
     MaxStepsOpt,
+    NprocOpt,
     OutOpt,
     OverridesArg,
     PresetOpt,
@@ -22,6 +23,7 @@ from trainlab.cli.app import (
     ResumeOrStartOpt,
     SeedOpt,
     _emit,
+    _launch_if_asked,
     _resume_mode,
     _say,
     _training_overrides,
@@ -53,8 +55,8 @@ def _align_command(method: str, overrides: list[str] | None, config: Path | None
                    model: Path | None, data: str | None, out: Path | None, max_steps: int | None,
                    seed: int | None, device: str | None, resume: bool, strict: bool, as_json: bool, *,
                    epochs: float | None = None, resume_or_start: bool = False, force: bool = False,
-                   eval_data: str | None = None, ref_model: Path | None = None, save_dtype: str | None = None
-                   ) -> None:
+                   eval_data: str | None = None, ref_model: Path | None = None, save_dtype: str | None = None,
+                   nproc: int | None = None) -> None:
     from trainlab.align.config import align_config
     from trainlab.recipes.align import describe_data, run_alignment
     from trainlab.train.checkpoint import check_run_dirs
@@ -80,6 +82,7 @@ def _align_command(method: str, overrides: list[str] | None, config: Path | None
         from trainlab.recipes.base_model import embedded_base_model
 
         model = embedded_base_model(preset, quiet=as_json)  # the base model of the same preset
+    _launch_if_asked(nproc)  # --nproc N: the same command on N ranks (inputs checked and built above)
     result = run_alignment(method, cfg, model, out_dir, resume=mode, quiet=as_json, force=force).summary
     shown = {k: result[k] for k in ("method", "model_in", "model_dir", "defaults", "save_dtype", "steps", "unit",
                                     "units_seen", "final_loss",
@@ -122,11 +125,12 @@ def _register_align_command(method: str, summary: str) -> None:
         eval_data: EvalDataOpt = None,
         ref_model: RefModelOpt = None,
         save_dtype: SaveDtypeOpt = None,
+        nproc: NprocOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
         _align_command(method, overrides, config, preset, model, data, out, max_steps, seed, device, resume, strict,
                        as_json, epochs=epochs, resume_or_start=resume_or_start, force=force, eval_data=eval_data,
-                       ref_model=ref_model, save_dtype=save_dtype)
+                       ref_model=ref_model, save_dtype=save_dtype, nproc=nproc)
 
     command.__doc__ = summary
     app.command(name=method)(command)

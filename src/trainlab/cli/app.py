@@ -27,8 +27,22 @@ err_console = Console(stderr=True, markup=False, highlight=False)
 out_console = Console(markup=False, highlight=False)
 
 
+# The command line as given (run_cli sets it): `--nproc` re-runs it under torchrun.
+ARGV: list[str] | None = None
+
+
 def _say(message: str) -> None:
-    """One plain line on stderr (never wrapped: a long path stays one line)."""
+    """One plain line on stderr (never wrapped: a long path stays one line). In a distributed run an
+    error line names its rank (and goes to the launcher, which prints the first one); ranks other than
+    0 print nothing else."""
+    from trainlab.distributed.launch import name_rank, record_error, worker_quiet
+
+    if message.startswith("error: "):
+        message = name_rank(message)
+        if record_error(message):
+            return
+    elif worker_quiet():
+        return
     err_console.print(message, soft_wrap=True)
 
 
@@ -61,11 +75,16 @@ ResumeOrStartOpt = Annotated[bool, typer.Option("--resume-or-start", help="conti
 ForceOpt = Annotated[bool, typer.Option("--force", help="resume even if the checkpoint was trained from another "
                                         "model or on other data; without --resume: start over an unfinished run")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON on stdout")]
+NprocOpt = Annotated[int | None, typer.Option(
+    "--nproc", help="processes on this machine: the command re-runs itself under torchrun (one rank each; "
+    "dist.strategy=ddp|fsdp|zero2|... says how they share the work; multi-node: run torchrun yourself)")]
 OverridesArg = Annotated[list[str] | None, typer.Argument(help="section.key=value overrides, e.g. train.lr=1e-3")]
 
 
 def _emit(obj: Any, as_json: bool) -> None:
-    if as_json:
+    from trainlab.distributed.launch import worker_quiet
+
+    if as_json and not worker_quiet():
         sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
         sys.stdout.flush()
 
@@ -83,6 +102,16 @@ def _training_overrides(max_steps: int | None, seed: int | None, device: str | N
     if device is not None:
         out.append(f"train.device={device}")
     return out + list(extra or [])
+
+def _launch_if_asked(nproc: int | None) -> None:
+    """``--nproc N`` (N > 1) outside torchrun: run this command line on N ranks and exit with their code."""
+    from trainlab.distributed.launch import launch, strip_nproc, worker_rank
+
+    if nproc is None or nproc <= 1 or worker_rank() is not None:
+        return
+    _, argv = strip_nproc(list(ARGV) if ARGV is not None else sys.argv[1:])
+    raise typer.Exit(launch(nproc, argv))
+
 
 def _resume_mode(resume: bool, resume_or_start: bool) -> bool | str:
     return "or_start" if resume_or_start else resume

@@ -15,6 +15,7 @@ from trainlab.cli.app import (
     ForceOpt,
     JsonOpt,
     MaxStepsOpt,
+    NprocOpt,
     OutOpt,
     OverridesArg,
     PresetOpt,
@@ -22,6 +23,7 @@ from trainlab.cli.app import (
     ResumeOrStartOpt,
     SeedOpt,
     _emit,
+    _launch_if_asked,
     _resume_mode,
     _say,
     _training_overrides,
@@ -127,6 +129,7 @@ def pretrain(
     resume: ResumeOpt = False,
     resume_or_start: ResumeOrStartOpt = False,
     force: ForceOpt = False,
+    nproc: NprocOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Pre-train the decoder from scratch (embedded corpus by default, or your text)."""
@@ -141,6 +144,7 @@ def pretrain(
     out_dir = out or Path("runs/pretrain")
     mode = _resume_mode(resume, resume_or_start)
     check_run_dirs(out_dir, mode, force=force)
+    _launch_if_asked(nproc)  # --nproc N: the same command on N ranks (config and folders checked above)
     result = run_pretrain(cfg, out_dir, resume=mode, quiet=as_json, force=force)
     _emit(result, as_json)
     if not as_json:

@@ -97,16 +97,27 @@ def run_pretrain(cfg: RunConfig, out_dir: str | Path, *, resume: ResumeMode = Fa
     """Train, save ``out_dir/model`` (HF format + tokenizer) and ``out_dir/summary.json``.
 
     ``resume``: True (a checkpoint must exist), ``"or_start"`` or False, as `Trainer.fit`.
+    Under torchrun (``--nproc N``) every rank trains its share (``cfg.dist``); rank 0 saves the model
+    and the summary, and every rank returns the summary.
     """
+    from trainlab.distributed import env as dist_env
+
+    ctx = dist_env.init(cfg.dist, cfg.train.device)
     out = Path(out_dir)
     check_run_dirs(out, resume)  # before the data is built
     trainer, data = pretraining_trainer(cfg, out, data, quiet=quiet)
     result = trainer.fit(resume=resume, force=force)
-    model: Decoder = trainer.model  # type: ignore[assignment]
-    model_dir = model.save_pretrained(out / "model", tokenizer=data.tokenizer)
-    summary = summarize(result, data, model, Path(model_dir))
-    if trainer.epoch_info is not None:
-        summary["epochs"] = trainer.epoch_info
-    write_json(out / "summary.json", summary)
+    model: Decoder | None = trainer.final_model()  # type: ignore[assignment]  # rank 0: full weights
+    summary: dict[str, Any] = {}
+    if model is not None:
+        model_dir = model.save_pretrained(out / "model", tokenizer=data.tokenizer)
+        summary = summarize(result, data, model, Path(model_dir))
+        if trainer.epoch_info is not None:
+            summary["epochs"] = trainer.epoch_info
+        if ctx is not None:
+            summary["dist"] = {"world": ctx.world, "strategy": ctx.strategy, "backend": ctx.backend}
+        write_json(out / "summary.json", summary)
+    if ctx is not None:
+        summary = ctx.broadcast_object(summary)
     trainer.release_checkpoint()
     return summary

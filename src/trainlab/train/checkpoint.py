@@ -200,13 +200,20 @@ def check_run_dirs(out_dir: str | Path, resume: ResumeMode = False, inputs: dict
         if src == out or src.is_relative_to(out):
             raise UserError(f"--out {out_dir} {'is' if src == out else 'contains'} the {option} folder {path}: "
                             "training would write over its input; choose another --out")
-    ckpt = out / CHECKPOINT_NAME
-    if resume is True and not ckpt.is_file():
+    from trainlab.distributed.checkpoint import DCPCheckpointManager, read_dcp_meta
+
+    ckpt: Path | None = out / CHECKPOINT_NAME
+    dcp_path = DCPCheckpointManager(out).latest()  # a distributed run's checkpoint folder
+    if dcp_path is not None:
+        ckpt = dcp_path
+    elif not (out / CHECKPOINT_NAME).is_file():
+        ckpt = None
+    if resume is True and ckpt is None:
         raise UserError(f"--resume: no checkpoint in {out_dir} ({CHECKPOINT_NAME}); run without --resume to start, "
                         "or with --resume-or-start to continue if there is one")
-    if resume is False and not force and ckpt.is_file():
+    if resume is False and not force and ckpt is not None:
         try:
-            meta = read_checkpoint_meta(ckpt)
+            meta = read_dcp_meta(ckpt) if ckpt.is_dir() else read_checkpoint_meta(ckpt)
         except Exception:  # unreadable (torn, another format): there is no run to lose
             return
         step, total = meta.get("step"), meta.get("max_steps")

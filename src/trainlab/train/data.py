@@ -17,6 +17,10 @@ Consequences, all deliberate:
   once per epoch.
 * The order is independent of the global RNG, so model init, dropout or an eval that samples do
   not shift the data.
+* Distributed data parallelism (`shard`): every rank walks the same global order and keeps its
+  contiguous ``1/world`` of each micro-batch (rank ``r`` of ``w``: examples ``r·b/w .. (r+1)·b/w``
+  of a micro-batch of ``b``), so ``w`` ranks together train on exactly the examples one process
+  would, and the state (a global position) resumes on any world size.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ class StepBatcher:
         self.grad_accum = grad_accum
         self.collate: Collate = collate if collate is not None else default_collate
         self.seed = seed
+        self.rank, self.world = 0, 1
         self.epoch = 0
         self.position = 0  # index into the current epoch's permutation
         self._perm_epoch = -1
@@ -70,6 +75,14 @@ class StepBatcher:
                     collate: Collate | None = None) -> StepBatcher:
         """``batch_size``, ``grad_accum`` and ``seed`` from a `TrainConfig`."""
         return cls(dataset, cfg.batch_size, cfg.grad_accum, collate, cfg.seed)
+
+    def shard(self, rank: int, world: int) -> None:
+        """Keep only rank ``rank``'s share of every micro-batch (of ``world`` equal shares)."""
+        if self.batch_size % world:
+            raise UserError(f"train.batch_size={self.batch_size} does not split over {world} data-parallel processes: "
+                            f"use a multiple of {world} (it is the global micro-batch: each process takes "
+                            f"batch_size / {world})", key="train.batch_size")
+        self.rank, self.world = rank, world
 
     @property
     def examples_per_step(self) -> int:
@@ -104,6 +117,9 @@ class StepBatcher:
         micro: list[Batch] = []
         for _ in range(self.grad_accum):
             idx = self._take(self.batch_size)
+            if self.world > 1:
+                share = self.batch_size // self.world
+                idx = idx[self.rank * share:(self.rank + 1) * share]
             micro.append(self.collate([self.dataset[i] for i in idx]))
         return micro
 

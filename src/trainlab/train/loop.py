@@ -27,6 +27,11 @@ steps, exact resume (model, optimizer, schedule, loss scale, data position, ever
   ``keep_checkpoint``).
 * Divergence: a non-finite loss or gradient in fp32/bf16 — or more than ``max_skipped_steps``
   consecutive fp16 overflows — saves the last good state and raises `TrainingDiverged`.
+* Distributed (``trainlab <command> --nproc N`` or torchrun; `trainlab.distributed`): the same loop
+  on every rank. The run's strategy (``dist.strategy``) wraps the model, each rank takes its
+  ``1/dp`` share of every micro-batch (``StepBatcher.shard``), the step sums counts, loss and metrics
+  over ranks (so every rank sees the single-process numbers), ranks agree every step on stopping
+  and saving, checkpoints are torch.distributed.checkpoint folders, and rank 0 alone logs and writes.
 * ``epochs`` instead of ``max_steps``: ``max_steps = ceil(epochs · examples / (batch_size ·
   grad_accum))``, as TRL derives it from ``num_train_epochs`` (our batcher drops no example at an
   epoch boundary, so an epoch is exactly ``examples / examples_per_step`` steps).
@@ -34,20 +39,14 @@ steps, exact resume (model, optimizer, schedule, loss scale, data position, ever
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
-import random
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -55,20 +54,16 @@ from trainlab.config import TrainConfig, dump_config
 from trainlab.errors import TrainingDiverged, TrainingInterrupted, UserError
 from trainlab.optim import build_optimizer, build_scheduler
 from trainlab.train import metrics as train_metrics
+from trainlab.train import resume as train_resume
 from trainlab.train.amp import LossScaler, autocast_context, build_loss_scaler
 from trainlab.train.callbacks import Callback
-from trainlab.train.checkpoint import (
-    CheckpointManager,
-    ResumeMode,
-    identity_mismatches,
-    load_optimizer_state,
-    rng_state,
-    set_rng_state,
-)
+from trainlab.train.checkpoint import CheckpointManager, ResumeMode, identity_mismatches
 from trainlab.train.data import StepSource
 from trainlab.train.device import resolve_device
-from trainlab.train.metrics import MetricsLogger
+from trainlab.train.metrics import MetricsLogger, NullMetricsLogger
 from trainlab.train.objectives import Objective
+from trainlab.train.result import EvalFn, Scheduler, StepWindow, TrainResult, isolated_rng
+from trainlab.train.signals import install_stop_signals
 from trainlab.train.step import (  # re-exported: the step's pieces lived here first
     StepHooks,
     StepOutcome,
@@ -86,82 +81,7 @@ __all__ = ["EvalFn", "Scheduler", "StepHooks", "StepOutcome", "StepStats", "Trai
 
 log = logging.getLogger("trainlab.train")
 
-EvalFn = Callable[[nn.Module], dict[str, float]]
-
-
-class Scheduler(Protocol):
-    """What the loop needs from a learning-rate scheduler (`CosineWarmupScheduler` or a torch one)."""
-
-    def step(self) -> None: ...
-
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-
-@dataclass
-class TrainResult:
-    """What `Trainer.fit` returns. Counters are cumulative over resumes of the same run."""
-
-    steps: int
-    tokens: int  # input tokens processed (non-padding where an attention mask says so)
-    count: float  # objective units (supervised tokens for `CausalLMObjective`)
-    final_loss: float  # loss of the last optimizer step (loss_sum / count)
-    eval_history: list[dict[str, Any]]
-    history: list[dict[str, Any]]  # the logged train records (as in metrics.jsonl)
-    wall_time_s: float  # this fit() call, end to end
-    train_time_s: float  # time inside optimizer steps (no eval/checkpoint), all resumes
-    tokens_per_s: float  # tokens / train_time_s
-    skipped_steps: int
-    stopped_reason: str  # "max_steps", "interrupted" or "stopped: <callback's reason>"
-    out_dir: Path
-    checkpoint_path: Path | None
-    metrics_path: Path
-    tensorboard_dir: Path | None = None
-    resumed_from: int | None = None  # the checkpoint step this call resumed from
-
-
-@contextlib.contextmanager
-def isolated_rng(device: torch.device) -> Iterator[None]:
-    """Run a block without disturbing the training RNG streams (Python, numpy, torch, CUDA).
-
-    Evaluation that samples would otherwise shift dropout masks of later steps, making results
-    depend on how often one evaluates.
-    """
-    py, npst = random.getstate(), np.random.get_state()
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        try:
-            yield
-        finally:
-            random.setstate(py)
-            np.random.set_state(npst)
-
-
-class _Window:
-    """Sums over the steps since the last log line (saved in checkpoints so resumed logs match)."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.steps = 0
-        self.updates = 0  # steps whose update was applied (loss and grad norm are averaged over these)
-        self.loss_sum = 0.0
-        self.count = 0.0
-        self.tokens = 0
-        self.time = 0.0
-        self.grad_norm = 0.0
-        self.metric_sums: dict[str, float] = {}
-        self.metric_weights: dict[str, float] = {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return dict(vars(self))
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for k, v in state.items():
-            setattr(self, k, v)
+_Window = StepWindow  # the old private name
 
 
 # ------------------------------------------------------------------------------------------
@@ -187,6 +107,10 @@ class Trainer:
     model>, "data": <fingerprint of the tokenized training set>}``: it is stored in every
     checkpoint, and resuming from one whose identity differs is refused unless ``fit(force=True)``.
     ``tensorboard=False`` turns TensorBoard off even when ``cfg.report_to`` asks for it.
+
+    In a distributed run (`trainlab.distributed.env.current` is set) ``model`` stays the user's
+    module (``trainer.model``; its parameters are shards under FSDP) and ``trainer.wrapped`` is what
+    the step runs; `final_model` gathers the full weights on rank 0 for saving.
     """
 
     def __init__(self, model: nn.Module, objective: Objective, batcher: StepSource, cfg: TrainConfig,
@@ -199,28 +123,42 @@ class Trainer:
         self.epoch_info: dict[str, Any] | None = None
         if cfg.epochs is not None:
             cfg, self.epoch_info = self._steps_from_epochs(cfg, batcher)
+        from trainlab.distributed import env as dist_env
+        from trainlab.distributed.checkpoint import DCPCheckpointManager
+        from trainlab.distributed.strategy import build_strategy
+
         self.cfg = cfg
         self.identity = dict(identity or {})
-        self.device = resolve_device(cfg.device)
+        self.dist = dist_env.current()
+        self.strategy = build_strategy(self.dist)
+        self.strategy.validate(cfg)
+        self.device = self.dist.device if self.dist is not None else resolve_device(cfg.device)
         autocast_context(self.device, cfg.precision)  # fail now, not at step 1, if unsupported
         self.model = model.to(self.device)
+        if self.dist is not None:
+            self._shard_batcher(batcher)
+        self.wrapped = self._wrap(optimizer)
         self.objective = objective
         self.batcher = batcher
         self.out_dir = Path(out_dir)
         self.eval_fn = eval_fn
         self.run_config = run_config
         self.callbacks = list(callbacks or [])
-        self.quiet = quiet
+        self.is_main = self.dist is None or self.dist.is_main
+        self.quiet = quiet or not self.is_main
         self.tensorboard = tensorboard and cfg.report_to == "tensorboard"
         if self.tensorboard and not train_metrics.tensorboard_available():
             raise UserError("train.report_to=tensorboard needs the tensorboard package (pip install tensorboard); "
                             "or report_to=jsonl (metrics.jsonl is always written)")
         self.optimizer = optimizer if optimizer is not None else build_optimizer(self.model, cfg)
+        if optimizer is not None and self._renamed:
+            _remap_optimizer(optimizer, self._renamed)
         self.scheduler: Scheduler = (scheduler if scheduler is not None
                                      else build_scheduler(self.optimizer, cfg))
         self.scaler: LossScaler = scaler if scaler is not None else build_loss_scaler(
             cfg.precision, self.device, cfg.init_loss_scale)
         self.checkpoints = CheckpointManager(self.out_dir, keep_every)
+        self.dcp_checkpoints = DCPCheckpointManager(self.out_dir, keep_every, self.dist)
         self._params = [p for g in self.optimizer.param_groups for p in g["params"]]
         for name in ("batch_size", "grad_accum"):
             have = getattr(batcher, name, None)
@@ -270,62 +208,54 @@ class Trainer:
         return self.run_config if self.run_config is not None else {"train": dump_config(self.cfg)}
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything a bit-exact resume needs (see `checkpoint`)."""
-        return {
-            "step": self.step,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "batcher": self.batcher.state_dict(),
-            "rng": rng_state(),
-            "config": self._config_dict(),
-            "train_config": dump_config(self.cfg),
-            "identity": self.identity,
-            "metrics": {
-                "tokens": self.tokens, "count": self.count, "skipped_steps": self.skipped_steps,
-                "consecutive_skips": self.consecutive_skips, "train_time_s": self.train_time_s,
-                "last_loss": self.last_loss, "history": self.history, "eval_history": self.eval_history,
-                "window": self._window.state_dict(), "last_eval_step": self._last_eval_step,
-            },
-        }
+        """Everything a bit-exact resume needs (see `checkpoint`; one process)."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                **train_resume.extra_state(self)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        old = state.get("train_config", {})
-        new = dump_config(self.cfg)
-        changed = sorted(k for k in new if k in old and old[k] != new[k])
-        if changed:
-            log.warning("resuming with changed train settings: %s",
-                        ", ".join(f"{k} {old[k]!r} -> {new[k]!r}" for k in changed))
-        self.model.load_state_dict(state["model"])
-        load_optimizer_state(self.optimizer, state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if state["scaler"]:  # empty when the checkpoint was fp32/bf16
-            self.scaler.load_state_dict(state["scaler"])
-        self.batcher.load_state_dict(state["batcher"])
-        set_rng_state(state["rng"])
-        m = state["metrics"]
-        self.step = int(state["step"])
-        self.tokens = int(m["tokens"])
-        self.count = float(m["count"])
-        self.skipped_steps = int(m["skipped_steps"])
-        self.consecutive_skips = int(m["consecutive_skips"])
-        self.train_time_s = float(m["train_time_s"])
-        self.last_loss = float(m["last_loss"])
-        self.history = list(m["history"])
-        self.eval_history = list(m["eval_history"])
-        self._window.load_state_dict(m["window"])
-        self._last_eval_step = int(m["last_eval_step"])
-        self._last_saved_step = self.step
+        """Inverse of `state_dict` (one process)."""
+        train_resume.load(self, "file", None, state)
 
     def save(self) -> Path:
-        """Write the checkpoint for the current step now."""
-        path = self.checkpoints.save(self.state_dict(), self.step)
+        """Write the checkpoint for the current step now (collective in a distributed run)."""
+        path = train_resume.save(self)
         self._last_saved_step = self.step
         self._last_save_time = time.monotonic()
         for cb in self.callbacks:
             cb.on_checkpoint(self, self.step, path)
         return path
+
+    def latest_checkpoint(self) -> Path | None:
+        found = train_resume.latest_state(self)
+        return found[1] if found is not None else None
+
+    def final_model(self) -> nn.Module | None:
+        """The trained model with its full weights: ``trainer.model`` for one process and DDP, gathered
+        from the shards under FSDP; None on ranks other than 0. Collective in a distributed run."""
+        if self.dist is None:
+            return self.model
+        return self.strategy.final_model(self.wrapped)
+
+    def _wrap(self, optimizer: torch.optim.Optimizer | None) -> nn.Module:
+        """Wrap the model for the strategy; remember parameters it replaced (FSDP) for a given optimizer."""
+        self._renamed: dict[int, nn.Parameter] = {}
+        if self.dist is None:
+            return self.model
+        before = {n: p for n, p in self.model.named_parameters()}
+        wrapped = self.strategy.wrap(self.model)
+        self.model = self.strategy.unwrap(wrapped)
+        after = dict(self.model.named_parameters())
+        if optimizer is not None:
+            self._renamed = {id(p): after[n] for n, p in before.items() if n in after and after[n] is not p}
+        return wrapped
+
+    def _shard_batcher(self, batcher: StepSource) -> None:
+        assert self.dist is not None
+        shard = getattr(batcher, "shard", None)
+        if shard is None:
+            raise UserError(f"this run's batcher ({type(batcher).__name__}) cannot split its steps over "
+                            f"{self.dist.dp_world} data-parallel processes; run it on one process")
+        shard(self.dist.dp_rank, self.dist.dp_world)
 
     # -- fit --------------------------------------------------------------------------------
 
@@ -344,33 +274,36 @@ class Trainer:
         t_fit = time.perf_counter()
         self._reset_counters()
         resumed_from: int | None = None
-        state = self.checkpoints.load() if resume else None
-        if state is None and resume is True:
+        found = train_resume.latest_state(self) if resume else None
+        if found is None and resume is True:
             raise UserError(f"--resume: no checkpoint in {self.out_dir} ({self.checkpoints.path.name}); run without "
                             "--resume to start, or with --resume-or-start to continue if there is one")
         notes: list[str] = []
-        if state is not None:
+        if found is not None:
+            kind, path = found
+            state = train_resume.read_meta(kind, path, self)
             self._check_identity(state.get("identity") or {}, force)
             try:
-                self.load_state_dict(state)
+                train_resume.load(self, kind, path, state)
             except (RuntimeError, KeyError, ValueError) as exc:  # a checkpoint of another shape (forced)
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise UserError(f"cannot resume from {self.checkpoints.path}: it does not fit this run ({first})"
-                                ) from None
+                raise UserError(f"cannot resume from {path}: it does not fit this run ({first})") from None
             resumed_from = self.step
             del state
         else:
             seed_everything(self.cfg.seed)
             if resume:
                 notes.append(f"no checkpoint in {self.out_dir}; starting fresh")
-            elif self.checkpoints.latest() is not None:
+            elif self.latest_checkpoint() is not None:
                 notes.append(f"starting fresh in {self.out_dir}; its existing checkpoint will be overwritten")
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(self.out_dir / "config.json", self._config_dict())
-
-        logger = MetricsLogger(self.out_dir, total_steps=self.cfg.max_steps, start_step=self.step,
-                               resumed=resumed_from is not None, quiet=self.quiet,
-                               tensorboard=self.tensorboard)
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            write_json(self.out_dir / "config.json", self._config_dict())
+            logger: MetricsLogger = MetricsLogger(self.out_dir, total_steps=self.cfg.max_steps, start_step=self.step,
+                                                  resumed=resumed_from is not None, quiet=self.quiet,
+                                                  tensorboard=self.tensorboard)
+        else:
+            logger = NullMetricsLogger(self.out_dir)
         for note in notes:
             logger.info(note)
         if self.epoch_info is not None:
@@ -378,9 +311,10 @@ class Trainer:
             logger.info(f"train.epochs={e['epochs']:g}: {e['max_steps']} optimizer steps ({e['examples']} examples, "
                         f"{e['examples_per_step']} per step)")
         if resumed_from is not None:
-            logger.info(f"resumed from step {resumed_from} ({self.checkpoints.path})")
+            logger.info(f"resumed from step {resumed_from} ({found[1] if found else self.checkpoints.path})")
         det_before = torch.are_deterministic_algorithms_enabled()
-        restore_signals = self._install_signal_handlers()
+        # distributed: SIGTERM keeps its default (torchrun ends the other ranks with it after a failure)
+        restore_signals = install_stop_signals(self, sigterm=self.dist is None)
         try:
             if self.cfg.deterministic:
                 # cuBLAS needs a fixed workspace for reproducible GEMMs; must be set before its init.
@@ -395,7 +329,7 @@ class Trainer:
             torch.use_deterministic_algorithms(det_before)
             logger.close()
         if stopped == "interrupted":
-            raise TrainingInterrupted(self.step, self.cfg.max_steps, self.checkpoints.latest(), self._signal_name)
+            raise TrainingInterrupted(self.step, self.cfg.max_steps, self.latest_checkpoint(), self._signal_name)
         self._completed = True
 
         result = TrainResult(
@@ -404,7 +338,7 @@ class Trainer:
             wall_time_s=time.perf_counter() - t_fit, train_time_s=self.train_time_s,
             tokens_per_s=self.tokens / self.train_time_s if self.train_time_s > 0 else 0.0,
             skipped_steps=self.skipped_steps, stopped_reason=stopped, out_dir=self.out_dir,
-            checkpoint_path=self.checkpoints.latest(), metrics_path=logger.path,
+            checkpoint_path=self.latest_checkpoint(), metrics_path=logger.path,
             tensorboard_dir=logger.tb_dir, resumed_from=resumed_from,
         )
         for cb in self.callbacks:
@@ -417,6 +351,8 @@ class Trainer:
         diverged runs never get here (they raise), so their checkpoint stays."""
         if not self._completed or self.cfg.keep_checkpoint:
             return False
+        if self.dist is not None:
+            return self.dcp_checkpoints.remove()
         return self.checkpoints.remove()
 
     def _check_identity(self, saved: dict[str, Any], force: bool) -> None:
@@ -431,37 +367,26 @@ class Trainer:
                             "inputs, another --out, or --force to resume anyway")
         log.warning("resuming although the checkpoint was trained %s (--force)", said)
 
-    def _install_signal_handlers(self) -> Callable[[], None]:
-        """First SIGINT (Ctrl-C) or SIGTERM: finish the step, save, raise `TrainingInterrupted`.
-        A second one: stop at once (KeyboardInterrupt), keeping the last periodic checkpoint."""
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        signals = [signal.SIGINT] + ([signal.SIGTERM] if hasattr(signal, "SIGTERM") else [])
-        previous = {sig: signal.getsignal(sig) for sig in signals}
-
-        def handler(signum: int, frame: Any) -> None:
-            if self._stop_reason == "interrupted":
-                raise KeyboardInterrupt
-            self._stop_reason = "interrupted"
-            self._signal_name = signal.Signals(signum).name
-            log.warning("%s: stopping after this step to save a checkpoint (again to abort without saving)",
-                        self._signal_name)
-
-        for sig in signals:
-            signal.signal(sig, handler)
-
-        def restore() -> None:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
-
-        return restore
-
     def _save_due(self, step: int) -> bool:
         """Every ``save_every`` steps, or when ``save_every_minutes`` passed since the last save."""
         cfg = self.cfg
         if cfg.save_every and step % cfg.save_every == 0:
             return True
         return bool(cfg.save_every_minutes) and time.monotonic() - self._last_save_time >= 60 * cfg.save_every_minutes
+
+    def _agree(self, s: int) -> bool:
+        """Whether to save after step ``s``; in a distributed run every rank agrees (one all-reduce of
+        the stop and save wishes: a signal or a clock seen by one rank applies to all)."""
+        due = self._save_due(s)
+        if self.dist is None:
+            return due
+        interrupted, stopped, due_any = self.dist.all_reduce_sum(
+            [self._stop_reason == "interrupted", self._stop_reason is not None, due])
+        if interrupted and self._stop_reason != "interrupted":
+            self._stop_reason = "interrupted"
+        elif stopped and self._stop_reason is None:
+            self._stop_reason = "stopped: another rank asked to stop"
+        return due_any > 0
 
     def _run(self, logger: MetricsLogger) -> str:
         cfg = self.cfg
@@ -477,7 +402,8 @@ class Trainer:
                 cb.on_step_end(self, s, metrics)
             if cfg.eval_every and s % cfg.eval_every == 0:
                 self._evaluate(logger)
-            if s < cfg.max_steps and self._stop_reason is None and self._save_due(s):
+            save = self._agree(s)
+            if s < cfg.max_steps and self._stop_reason is None and save:
                 self.save()
         stopped = self._stop_reason or "max_steps"
         if stopped != "interrupted" and self._last_eval_step != self.step:
@@ -492,9 +418,9 @@ class Trainer:
         batcher_before = self.batcher.state_dict()
         micro = self.batcher.next_step()
         lr = float(self.optimizer.param_groups[0]["lr"])
-        outcome = optimizer_step(self.model, self.objective, micro, self.optimizer, self.scaler,
+        outcome = optimizer_step(self.wrapped, self.objective, micro, self.optimizer, self.scaler,
                                  device=self.device, precision=cfg.precision, grad_clip=cfg.grad_clip,
-                                 params=self._params)
+                                 params=self._params, dist=self.strategy if self.dist is not None else None)
         stats, loss, gnorm, stepped = outcome.stats, outcome.loss, outcome.grad_norm, outcome.stepped
         step = self.step + 1
         if stats.count == 0:
@@ -567,7 +493,8 @@ class Trainer:
         try:
             amp = autocast_context(self.device, self.cfg.precision)
             with isolated_rng(self.device), torch.no_grad(), amp:
-                values = self.eval_fn(self.model)
+                eval_fn = self.eval_fn
+                values = eval_fn(self.model) if self.dist is None else self.strategy.forward(self.wrapped, eval_fn)
         finally:
             self.model.train()
         self._last_eval_step = self.step
@@ -594,3 +521,10 @@ class Trainer:
             f"in {path}. Try a lower learning rate (train.lr, now {self.cfg.lr:g}), a longer warm-up "
             f"(train.warmup_steps), gradient clipping (train.grad_clip), or precision bf16 instead of fp16; "
             f"then rerun with resume.")
+
+
+def _remap_optimizer(optimizer: torch.optim.Optimizer, renamed: dict[int, nn.Parameter]) -> None:
+    """Point a caller-built optimizer at the parameters a strategy replaced (FSDP's DTensor
+    parameters, matched by name); it has no state yet."""
+    for group in optimizer.param_groups:
+        group["params"] = [renamed.get(id(p), p) for p in group["params"]]

@@ -137,3 +137,31 @@ class MetricsLogger:
             self._tb = None
         if not self._fh.closed:
             self._fh.close()
+
+
+class NullMetricsLogger(MetricsLogger):
+    """The logger of ranks other than 0 in a distributed run: writes and shows nothing (rank 0 logs
+    the run; every rank computes the same reduced numbers)."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = out_dir / METRICS_NAME
+        self.tb_dir = None
+        self.quiet = True
+
+    def write(self, record: dict[str, Any]) -> None:
+        del record
+
+    def train(self, record: dict[str, Any]) -> None:
+        del record
+
+    def eval(self, record: dict[str, Any]) -> None:
+        del record
+
+    def advance(self, step: int) -> None:
+        del step
+
+    def info(self, message: str) -> None:
+        del message
+
+    def close(self) -> None:
+        pass
