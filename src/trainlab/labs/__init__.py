@@ -66,6 +66,11 @@ LABS: dict[str, LabSpec] = {
                 "training under a memory cap (flash, checkpointing and both, each measured), profiler breakdown, "
                 "packed vs padded batches",
                 "trainlab.labs.lab15"),
+        LabSpec("lab16", "Lab 1.6: MHA, GQA and MQA with a KV cache: bytes, decode speed, quality, uptraining",
+                "000, 003", "KV-cache bytes (published shapes analytic, our caches measured), prefill/per-token "
+                "latency and tokens/s over batch and context (ours dynamic/static vs transformers), quality of "
+                "MHA/GQA/MQA trained alike, MHA->GQA conversion (mean/first/random) and uptraining curves",
+                "trainlab.labs.lab16"),
         LabSpec("lab17", "Lab 1.7: DPO after SFT, its variants and a β sweep", "000, 001, 003",
                 "oracle accuracy base/SFT/DPO per task, DPO curves (loss, reward accuracy, margins, KL), win rate "
                 "over SFT, sigmoid/IPO/hinge/robust, β sweep, cached vs frozen reference", "trainlab.labs.lab17"),
