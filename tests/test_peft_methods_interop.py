@@ -114,7 +114,7 @@ def test_ours_to_peft_and_back(method: str, arch: str, extra: dict[str, Any], tm
 
 
 @pytest.mark.parametrize(("method", "arch", "extra"), [
-    ("ia3", "llama", {}), ("prompt", "llama", {}), ("ptuning", "gpt2", {}),
+    ("ia3", "llama", {}), ("ia3", "gpt2", {}), ("prompt", "llama", {}), ("ptuning", "gpt2", {}),
     ("prefix", "llama", {"projection": True}), ("prefix", "qwen2", {})], ids=lambda v: str(v))
 def test_peft_made_adapter_loads_into_ours(method: str, arch: str, extra: dict[str, Any], tmp_path: Path) -> None:
     hf = make_model(arch, make_tokenizer(ARCH_TOK[arch]), seed=0).eval()

@@ -120,9 +120,12 @@ def load_adapter(model: nn.Module, path: str | Path) -> PeftInfo:
     if isinstance(cfg.targets, list) and any("." in t for t in cfg.targets):
         # PEFT writes the resolved paths of "all-linear" (and users may name full paths): the HF model's
         from trainlab.peft.hf_format import our_module_path
+        from trainlab.peft.targets import matches
 
-        cfg = cfg.model_copy(update={"targets": [our_module_path(model, t) if "." in t else t
-                                                 for t in cfg.targets]})
+        # a dotted name that already selects modules as a suffix (GPT-2's "mlp.c_proj", PEFT's IA3 default) stays
+        ours = [n for n, _ in model.named_modules() if n]
+        cfg = cfg.model_copy(update={"targets": [our_module_path(model, t) if "." in t and not any(
+            matches(n, t) for n in ours) else t for t in cfg.targets]})
     info = apply_peft(model, cfg)
     assert info is not None
     get_peft_method(cfg.method).state_from_peft(model, tensors)
