@@ -26,7 +26,7 @@ def _cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *a
         cli.main()
     captured = capsys.readouterr()
     assert (exc.value.code or 0) == 0, captured.err
-    return json.loads(captured.out)  # type: ignore[no-any-return]
+    return json.loads(captured.out[captured.out.index("{"):])  # type: ignore[no-any-return]
 
 
 def test_llama2_7b_r8_q_v_is_4194304(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -17,13 +17,15 @@ def export(
     model: Annotated[Path, typer.Option("--model", "-m", help="model folder (or a run folder holding model/)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="folder to write (replaced if it exists)")],
     dtype: Annotated[str | None, typer.Option("--dtype", help="bf16 | fp16 | fp32 (default: the folder's)")] = None,
+    merge: Annotated[bool, typer.Option("--merge", help="--model is a PEFT run (or adapter) folder: merge its "
+                                        "adapter into its base model and export that")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Write a model as a clean Hugging Face folder: weights, config, tokenizer with its chat template, and a
     generation_config.json whose eos ids include the chat template's end-of-turn token."""
     from trainlab.recipes.export import export_model
 
-    summary = export_model(model, out, dtype=dtype)
+    summary = export_model(model, out, dtype=dtype, merge=merge)
     if as_json:
         _emit(summary, True)
         return

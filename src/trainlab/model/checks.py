@@ -49,14 +49,20 @@ def not_a_model_folder(path: Path) -> UserError:
             base = None
         on = f" on {base}" if base else ""
         return UserError(f"a PEFT adapter{on} (adapter_config.json), not a model folder: merge it into its base "
-                         "(peft: PeftModel.from_pretrained(base, DIR).merge_and_unload().save_pretrained(OUT), "
-                         "with the tokenizer) and pass that folder", path=path)
+                         "(trainlab export --model DIR --merge --out OUT, or peft: PeftModel.from_pretrained(base, "
+                         "DIR).merge_and_unload().save_pretrained(OUT), with the tokenizer) and pass that folder",
+                         path=path)
     run = _run_folder_error(path)
     return run if run is not None else UserError("no config.json: not a model folder", path=path)
 
 
 def _run_folder_error(path: Path | None) -> UserError | None:
     """A training run's ``--out`` folder (its own config.json, the model under ``model/``), named with the fix."""
+    if path is not None and not (path / "model" / CONFIG_NAME).is_file() \
+            and (path / "adapter" / "adapter_config.json").is_file():
+        return UserError(f"a PEFT run folder, not a model folder: its adapter is {path / 'adapter'}; merge it into "
+                         f"its base with trainlab export --model {path} --merge --out OUT (or train with "
+                         "peft.merge=true)", path=path)
     if path is None or not (path / "model" / CONFIG_NAME).is_file():
         return None
     return UserError(f"a run folder, not a model folder; its model is {path / 'model'}", path=path)

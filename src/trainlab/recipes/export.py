@@ -97,10 +97,13 @@ def generation_config(model: Any, tokenizer: Any) -> dict[str, Any]:
     return gen
 
 
-def export_model(model_dir: str | Path, out_dir: str | Path, *, dtype: str | None = None) -> dict[str, Any]:
+def export_model(model_dir: str | Path, out_dir: str | Path, *, dtype: str | None = None,
+                 merge: bool = False) -> dict[str, Any]:
     """Write ``model_dir`` to ``out_dir`` as a Hugging Face folder; returns a summary (JSON-ready).
 
     ``dtype``: ``bf16``, ``fp16`` or ``fp32``; None keeps the folder's own (its ``config.json``'s).
+    ``merge``: ``model_dir`` is a PEFT run (or adapter) folder; its adapter is merged into its base model
+    (`trainlab.peft.merge.load_merged`), which is what is exported, in the base's dtype unless ``dtype``.
     """
     from transformers import GenerationConfig
 
@@ -111,10 +114,17 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, dtype: str | Non
 
     if dtype is not None and dtype not in EXPORT_DTYPES:
         raise UserError(f"--dtype must be one of {', '.join(EXPORT_DTYPES)}, got {dtype!r}")
-    src = resolve_model_folder(model_dir)
+    src = Path(model_dir).expanduser() if merge else resolve_model_folder(model_dir)
     out = Path(out_dir).expanduser()
     check_out_folder(src, out)
-    model, tokenizer = load_with_tokenizer(src)
+    merged_from = None
+    if merge:
+        from trainlab.peft.merge import load_merged
+
+        model, tokenizer, base, adapter = load_merged(src)
+        merged_from = {"base": str(base), "adapter": str(adapter)}
+    else:
+        model, tokenizer = load_with_tokenizer(src)
     gen = generation_config(model, tokenizer)
     if isinstance(model, Decoder):
         model.source = replace(model.source, generation_config=gen)
@@ -134,4 +144,4 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, dtype: str | Non
         "chat_template": bool(getattr(tokenizer, "chat_template", None)),
         "end_of_turn": None if eot is None else tokenizer.convert_ids_to_tokens(eot),
         "files": sorted(f.name for f in out.iterdir()),
-    }
+    } | ({"merged": merged_from} if merged_from else {})
