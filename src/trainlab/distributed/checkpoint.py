@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +150,9 @@ class DCPCheckpointManager:
 
         path = path or self.latest()
         assert path is not None
-        dcp.load(tensors, checkpoint_id=str(path))
+        with warnings.catch_warnings():  # one process reading a distributed checkpoint is intended here
+            warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
+            dcp.load(tensors, checkpoint_id=str(path))
 
     def remove(self) -> bool:
         """Delete ``checkpoint.dcp`` (rank 0; snapshots stay); True if there was one."""

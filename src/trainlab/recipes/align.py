@@ -145,11 +145,16 @@ def run_alignment(method: str, cfg: AlignRunConfig, model_path: str | Path, out_
 
     ``resume``/``force`` as `Trainer.fit`: a checkpoint of another input model, reference model or
     training set is refused unless ``force``. The checkpoint is released once the model is saved.
+    Under torchrun (``--nproc N``, ``cfg.dist``) every rank trains its share of each step; rank 0
+    saves, judges and writes the summary, which every rank returns.
     """
+    from trainlab.distributed import env as dist_env
+
+    ctx = dist_env.init(cfg.dist, cfg.train.device)
     spec = get_method(method)
     t_start = time.perf_counter()
     out = Path(out_dir)
-    device = resolve_device(cfg.train.device)
+    device = ctx.device if ctx is not None else resolve_device(cfg.train.device)
     seed_everything(cfg.train.seed)
     model, tokenizer = load_policy(model_path, device)
     apply_checkpointing(model, cfg.model.checkpointing, cfg.model.checkpoint_every)
@@ -183,7 +188,11 @@ def run_alignment(method: str, cfg: AlignRunConfig, model_path: str | Path, out_
         trainer = Trainer(model, objective, batcher, cfg.train, out, eval_fn=evaluation_fn(spec, cfg, data, ref),
                           run_config=run_config, quiet=quiet, callbacks=callbacks, identity=identity)
         result = trainer.fit(resume=resume, force=force)
-    policy = trainer.model
+    policy = trainer.final_model()  # distributed: rank 0 alone saves, judges and writes
+    if policy is None:
+        trainer.release_checkpoint()
+        assert ctx is not None
+        return AlignRun(summary=ctx.broadcast_object(None), model=trainer.model, tokenizer=tokenizer, data=data)
     save_dtype = resolve_save_dtype(policy, cfg.align.save_dtype)
     peft_summary = None
     if peft_info is not None:
@@ -230,6 +239,8 @@ def run_alignment(method: str, cfg: AlignRunConfig, model_path: str | Path, out_
         "stopped_reason": result.stopped_reason,
     }
     write_json(out / "summary.json", summary)
+    if ctx is not None:
+        ctx.broadcast_object(summary)
     return AlignRun(summary=summary, model=policy, tokenizer=tokenizer, data=data)
 
 
