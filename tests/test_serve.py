@@ -354,6 +354,99 @@ def test_a_cancelled_job_stops_at_the_next_token(served):
     assert [c.finish_reason for c in leave.choices] == ["length", "length"]
 
 
+def _solo(engine, ids, **kw):
+    return [(c.token_ids, c.text, c.finish_reason) for c in engine.generate(ids, **kw)]
+
+
+def test_a_job_joining_mid_batch_gets_the_tokens_it_gets_alone(served):
+    """Continuous batching on the engine: jobs join a running batch between decode steps (with a longer and a
+    shorter prompt than the batch's width), leave when done, and each gets its solo tokens; a seeded sampled
+    job draws what it draws alone."""
+    from trainlab.serve.engine import Job
+    from trainlab.serve.stepper import Stepper
+
+    _, engine, _ = served
+    prompts = {"a": ("The quick brown fox", dict(max_tokens=14, temperature=0)),
+               "b": ("Hi", dict(max_tokens=6, temperature=0)),
+               "c": ("Once upon a time there was a small model that", dict(max_tokens=9, temperature=0)),
+               "d": ("Sort the list: 3 1 2 ->", dict(max_tokens=8, temperature=0.9, top_p=0.95, seed=3, n=2))}
+    ids = {k: engine.text_prompt(p) for k, (p, _) in prompts.items()}
+    solo = {k: _solo(engine, ids[k], **kw) for k, (_, kw) in prompts.items()}
+    jobs = {k: Job(ids[k], **kw) for k, (_, kw) in prompts.items()}
+    stepper = Stepper(engine)
+    done: list = []
+    with engine.lock, torch.no_grad():
+        done += stepper.admit([jobs["a"]])
+        for _ in range(3):
+            done += stepper.step()
+        assert stepper.rows == 1
+        done += stepper.admit([jobs["b"], jobs["d"]])  # b: shorter than the running width, d: n=2, sampled
+        assert stepper.rows == 4 and stepper.joinable
+        for _ in range(2):
+            done += stepper.step()
+        done += stepper.admit([jobs["c"]])  # longer than every running row: they get padded on the left
+        width = stepper.mask.shape[1]
+        while stepper.live:
+            done += stepper.step()
+            assert stepper.rows == sum(j.n for j in jobs.values() if j not in done)  # finished jobs have left
+    assert sorted(id(j) for j in done) == sorted(id(j) for j in jobs.values())
+    got = {k: [(c.token_ids, c.text, c.finish_reason) for c in j.choices] for k, j in jobs.items()}
+    assert got == solo
+    assert width >= len(ids["c"])  # the running rows were padded on the left to the new, longer prompt
+
+
+def test_a_request_joins_the_running_batch_and_a_disconnect_frees_its_slot(served):
+    """Over HTTP: a request sent while another streams joins the running batch (max batch 4) and gets its solo
+    answer; with one slot (max batch 1), a client that disconnects frees it at the next step for the next
+    request. The engine's lock holds decoding while the requests are placed, so the order is fixed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from trainlab.serve.app import create_app
+
+    _, engine, _ = served
+    assert _solo(engine, engine.chat_prompt(CHAT), max_tokens=20, temperature=0)[0][2] == "length"
+    short = _solo(engine, engine.text_prompt("Hi"), max_tokens=4, temperature=0)[0]
+    body = {"model": engine.name, "messages": CHAT, "max_tokens": 20, "temperature": 0, "stream": True}
+    for max_batch in (4, 1):
+        server = _Server(create_app(engine, max_batch=max_batch))
+        batcher = server.app.state.batcher
+        held: list[bool] = []
+        try:
+            engine.lock.acquire()  # nothing decodes until it is released
+            held.append(True)
+            with ThreadPoolExecutor(1) as pool, \
+                    httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=60) as r:
+                lines = r.iter_lines()
+                try:
+                    assert '"role": "assistant"' in next(line for line in lines if line)  # sent before decoding
+                    _wait_for(lambda b=batcher: len(b.jobs()) == 1, "the streaming request did not start")
+                    (running,) = batcher.jobs()
+                    if max_batch == 1:
+                        r.close()  # the client goes away
+                        _wait_for(running.cancelled.is_set, "the disconnect was not noticed")
+                    future = pool.submit(server.client().completions.create, model=engine.name, prompt="Hi",
+                                         max_tokens=4, temperature=0)
+                    _wait_for(lambda b=batcher: b.admitted == 2, "the second request was not admitted")
+                finally:
+                    held.pop()
+                    engine.lock.release()
+                answer = future.result().choices[0]
+                if max_batch == 4:
+                    assert [line for line in lines if line][-1] == "data: [DONE]"
+            assert (answer.text, answer.finish_reason) == (short[1], short[2])
+            if max_batch == 4:  # it joined while the first decoded, which then ran to its end
+                assert batcher.stats.joined == 1 and batcher.stats.largest == 2
+                assert (len(running.choices[0].token_ids), running.choices[0].finish_reason) == (20, "length")
+            else:  # the first stopped at its first token, then the second had the slot
+                assert (len(running.choices[0].token_ids), running.choices[0].finish_reason) == (1, "length")
+                assert batcher.stats.largest == 1 and batcher.stats.steps <= 3
+            _wait_for(lambda b=batcher: b.admitted == 0, "requests still admitted")
+        finally:
+            if held:  # the request failed before the lock was handed back
+                engine.lock.release()
+            server.stop()
+
+
 # ---- the pre-serving check --------------------------------------------------------------------
 
 

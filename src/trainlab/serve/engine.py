@@ -2,10 +2,11 @@
 
 Prompt ids are :func:`trainlab.model.text.prompt_ids` of the text (for chat: the tokenizer's chat
 template rendered with ``add_generation_prompt=True``), so a request gives the tokens
-``trainlab generate`` gives for the same text. Decoding is :func:`trainlab.model.generate.generate`
-(one batch of ``n`` copies of the prompt, on the model's KV cache) with
-:class:`~trainlab.model.generate.SamplingParams`; its ``on_step`` hook sees each step's tokens to
-stream text and to finish a row at a ``stop`` string. A row ends at (``finish_reason``):
+``trainlab generate`` gives for the same text. Decoding runs the model's KV-cache hooks
+(``init_cache``/``decode_step``, as :func:`trainlab.model.generate.generate` does) through a
+:class:`~trainlab.serve.stepper.Stepper`: a job's ``n`` rows are prefilled, then decoded one step at a
+time beside whatever else is running; :meth:`Engine.accept_token` takes each new token, streams text and
+finishes a row. A row ends at (``finish_reason``):
 
 * ``"stop"``: one of :func:`~trainlab.model.text.stop_token_ids` (the model's eos ids, the
   tokenizer's eos, the chat template's end-of-turn token), or a ``stop`` string (the text is cut
@@ -13,8 +14,9 @@ stream text and to finish a row at a ``stop`` string. A row ends at (``finish_re
 * ``"length"``: ``max_tokens`` new tokens, or the end of the model's context.
 
 Streamed text is the decoded row minus what was already sent, held back while it ends in an
-incomplete UTF-8 character or in the beginning of a ``stop`` string. One request decodes at a time
-(a lock): concurrent requests wait their turn.
+incomplete UTF-8 character or in the beginning of a ``stop`` string. The model runs one step at a time
+(``Engine.lock``): :meth:`Engine.run` decodes the jobs it is given to the end; the server's batcher
+(:mod:`~trainlab.serve.batching`) lets requests join and leave between steps.
 
 Before serving, :func:`check_stops` refuses a model that cannot stop (no eos id anywhere) and notes
 what would make other tools run past the end of an answer (see its docstring).
@@ -22,7 +24,6 @@ what would make other tools run past the end of an answer (see its docstring).
 
 from __future__ import annotations
 
-import random
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +32,6 @@ from typing import Any
 import torch
 
 from trainlab.errors import UserError
-from trainlab.model.generate import SamplingParams
 from trainlab.model.text import chat_end_of_turn_id, pad_id, prompt_ids, stop_token_ids
 
 #: ``on_delta(row, text)``: new text of choice ``row`` (streaming).
@@ -184,71 +184,48 @@ class Engine:
         self.run([job])
         return job.choices
 
+    @property
+    def pad_id(self) -> int:
+        return pad_id(self.tokenizer)
+
     def run(self, jobs: Sequence[Job]) -> None:
-        """Decode ``jobs`` together (one left-padded batch of every job's ``n`` rows; :meth:`Job.batches_with`
-        must hold between them); fills each job's ``choices``."""
-        first = jobs[0]
-        if any(not first.batches_with(job) for job in jobs[1:]):
-            raise ValueError("these jobs need different sampling rules: decode them apart")
-        stop_ids = set(self.check.stop_ids)
-        rows: list[tuple[Job, Choice]] = []
-        for job in jobs:
-            job.choices = [Choice(index=i) for i in range(job.n)]
-            rows += [(job, c) for c in job.choices]
-        width = max(len(job.ids) for job in jobs)
-        input_ids = torch.full((len(rows), width), pad_id(self.tokenizer), dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, (job, _) in enumerate(rows):
-            input_ids[r, width - len(job.ids):] = torch.tensor(job.ids, dtype=torch.long)
-            mask[r, width - len(job.ids):] = 1
-        params = SamplingParams(max_new_tokens=max(job.max_tokens for job in jobs), temperature=first.temperature,
-                                top_p=first.top_p if first.temperature > 0 else 1.0,
-                                eos_token_id=self.check.stop_ids, pad_token_id=pad_id(self.tokenizer))
+        """Decode ``jobs`` together to the end (one left-padded prefill of every job's ``n`` rows, then decode
+        steps on the KV cache, each job leaving when its rows are done); fills each job's ``choices``.
+        The server's batcher drives the same :class:`~trainlab.serve.stepper.Stepper` step by step, letting
+        jobs join between steps."""
+        from trainlab.serve.stepper import Stepper
 
-        def decode(c: Choice) -> str:
-            body = c.token_ids[:-1] if c.token_ids and c.token_ids[-1] in stop_ids else c.token_ids
-            return str(self.tokenizer.decode(body, skip_special_tokens=True))
-
-        def emit(job: Job, c: Choice, final: bool) -> None:
-            end = len(c.text) if final else len(c.text) - _held_back(c.text, job.stop)
-            if job.on_delta is not None and end > c.sent:
-                job.on_delta(c.index, c.text[c.sent:end])
-            c.sent = max(c.sent, end)
-
-        def on_step(tokens: torch.Tensor) -> torch.Tensor:
-            finish = torch.zeros(len(rows), dtype=torch.bool)
-            for r, ((job, c), tok) in enumerate(zip(rows, tokens.tolist(), strict=True)):
-                if c.finish_reason is not None:
-                    continue
-                c.token_ids.append(int(tok))
-                c.text = decode(c)
-                if tok in stop_ids:
-                    c.finish_reason = "stop"
-                hits = [i for i in (c.text.find(s) for s in job.stop) if i >= 0]
-                if hits:
-                    c.text, c.finish_reason = c.text[:min(hits)], "stop"
-                if c.finish_reason is None and (len(c.token_ids) >= job.max_tokens or job.cancelled.is_set()):
-                    c.finish_reason = "length"
-                finish[r] = c.finish_reason is not None
-                emit(job, c, final=c.finish_reason is not None)
-            return finish
-
-        generator = torch.Generator(device=self.device)
-        if first.temperature > 0:
-            seed = first.seed if len(jobs) == 1 and first.seed is not None else random.getrandbits(63)
-            generator.manual_seed(seed)
         with self.lock, torch.no_grad():
-            self.model.generate(input_ids.to(self.device), mask.to(self.device), params, generator=generator,
-                                on_step=on_step)
-        for job, c in rows:
-            if c.finish_reason is None:
-                c.finish_reason = "length"
-                emit(job, c, final=True)
+            stepper = Stepper(self)
+            stepper.admit(jobs)
+            while stepper.live:
+                stepper.step()
+
+    def accept_token(self, job: Job, c: Choice, tok: int) -> None:
+        """Append ``tok`` to the unfinished choice ``c``; finish it at a stop id (``"stop"``), a ``stop`` string
+        (the text cut before it), ``max_tokens`` or a cancelled client (``"length"``); stream the new text."""
+        c.token_ids.append(tok)
+        stop_ids = self.check.stop_ids
+        body = c.token_ids[:-1] if tok in stop_ids else c.token_ids
+        c.text = str(self.tokenizer.decode(body, skip_special_tokens=True))
+        if tok in stop_ids:
+            c.finish_reason = "stop"
+        hits = [i for i in (c.text.find(s) for s in job.stop) if i >= 0]
+        if hits:
+            c.text, c.finish_reason = c.text[:min(hits)], "stop"
+        if c.finish_reason is None and (len(c.token_ids) >= job.max_tokens or job.cancelled.is_set()):
+            c.finish_reason = "length"
+        final = c.finish_reason is not None
+        end = len(c.text) if final else len(c.text) - _held_back(c.text, job.stop)
+        if job.on_delta is not None and end > c.sent:
+            job.on_delta(c.index, c.text[c.sent:end])
+        c.sent = max(c.sent, end)
 
 
 @dataclass
 class Job:
-    """One request's generation: the prompt ``ids`` answered ``n`` times (what :meth:`Engine.run` batches)."""
+    """One request's generation: the prompt ``ids`` answered ``n`` times (what :meth:`Engine.run` and the
+    batcher's :class:`~trainlab.serve.stepper.Stepper` decode)."""
 
     ids: list[int]
     max_tokens: int
@@ -260,11 +237,3 @@ class Job:
     on_delta: DeltaHook | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
     choices: list[Choice] = field(default_factory=list)
-
-    def batches_with(self, other: Job) -> bool:
-        """Whether two jobs may share a decode: both greedy, or the same temperature and top_p and no seed (a
-        seeded draw must not depend on what it was batched with)."""
-        if self.temperature == 0 and other.temperature == 0:
-            return True
-        return (self.seed is None and other.seed is None
-                and (self.temperature, self.top_p) == (other.temperature, other.top_p))
