@@ -57,8 +57,9 @@ class StaticKVCache:
         if min(n_layers, batch, kv_heads, head_dim, capacity) <= 0:
             raise ValueError("a static cache needs positive layers, batch, kv_heads, head_dim and capacity")
         self.n_layers, self.capacity = n_layers, capacity
-        self.keys = torch.zeros(n_layers, batch, kv_heads, capacity, head_dim, dtype=dtype, device=device)
-        self.values = torch.zeros_like(self.keys)
+        # uninitialised: a column is read only after it was written (attention covers columns < length)
+        self.keys = torch.empty(n_layers, batch, kv_heads, capacity, head_dim, dtype=dtype, device=device)
+        self.values = torch.empty_like(self.keys)
         self.mask = torch.zeros(batch, capacity, dtype=torch.bool, device=device)
         self.lengths: list[int] = [0] * n_layers
 
