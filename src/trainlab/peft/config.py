@@ -50,6 +50,8 @@ class PeftConfig(BaseModel):
     adalora_beta2: float = Field(0.85, ge=0, lt=1, description="EMA of the uncertainty")
     adalora_orth_reg: float = Field(0.5, ge=0, description="weight of the orthogonality regularizer")
     adalora_total_step: int | None = Field(None, gt=0, description="None: train.max_steps")
+    adalora_rank_pattern: dict[str, list[bool]] | None = Field(
+        None, description="kept triplets per module (PEFT's rank_pattern; set when loading a pruned adapter)")
     # (IA)³ (Liu et al., 2022), prompt tuning, P-tuning, prefix tuning, bottleneck adapters: P2's methods
     ia3_feedforward: str | list[str] | None = Field(
         None, description="(IA)³ modules whose input is scaled (PEFT's feedforward_modules); None: PEFT's default "

@@ -61,6 +61,9 @@ class PeftMethodSpec:
     merge: Callable[[nn.Module], None] | None = None
     config_from_peft: Callable[[dict[str, Any]], PeftConfig] | None = None
     description: str = ""
+    # (model, cfg, objective) -> (objective, trainer callbacks): what training needs beyond the loss (AdaLoRA's
+    # regularizer and rank allocator); None: nothing
+    train_extras: Callable[[nn.Module, PeftConfig, Any], tuple[Any, list[Any]]] | None = None
 
 
 _METHODS: dict[str, PeftMethodSpec] = {}

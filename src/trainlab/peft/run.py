@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainlab.peft.api import ADAPTER_DIR, adapter_nbytes, apply_peft, merge, save_adapter
+from trainlab.peft.api import ADAPTER_DIR, adapter_nbytes, apply_peft, merge, peft_state, save_adapter
 from trainlab.peft.registry import PeftInfo
 
 
@@ -27,7 +27,17 @@ def apply_run_peft(model: nn.Module, cfg: Any) -> PeftInfo | None:
         return None
     if peft.init_seed is None:
         peft = peft.model_copy(update={"init_seed": cfg.train.seed})
+    if peft.method == "adalora" and peft.adalora_total_step is None:  # the budget schedule spans the run
+        peft = peft.model_copy(update={"adalora_total_step": cfg.train.max_steps})
     return apply_peft(model, peft)
+
+
+def peft_train_extras(model: nn.Module, cfg: Any, objective: Any) -> tuple[Any, list[Any]]:
+    """The objective and extra trainer callbacks of the model's PEFT method (`PeftMethodSpec.train_extras`)."""
+    state = peft_state(model)
+    if state is None or state.spec.train_extras is None:
+        return objective, []
+    return state.spec.train_extras(model, state.config, objective)
 
 
 def save_run_peft(policy: nn.Module, cfg: Any, out: Path, tokenizer: Any, save_dtype: torch.dtype,

@@ -55,7 +55,7 @@ from trainlab.errors import UserError
 from trainlab.memory.measure import PeakMemory, training_memory
 from trainlab.model.protocol import apply_checkpointing, disable_dropout
 from trainlab.model.saving import resolve_save_dtype, save_model
-from trainlab.peft.run import apply_run_peft, save_run_peft
+from trainlab.peft.run import apply_run_peft, peft_train_extras, save_run_peft
 from trainlab.recipes.align_data import AlignmentData, build_alignment_data, check_vocab, describe_data
 from trainlab.recipes.align_model import (
     ReferenceSetup,
@@ -171,6 +171,7 @@ def run_alignment(method: str, cfg: AlignRunConfig, model_path: str | Path, out_
         out.mkdir(parents=True, exist_ok=True)  # only once model, data and reference are known good: bad input
         # writes nothing
         objective = spec.objective(cfg.align, ref.frozen)
+        objective, peft_callbacks = peft_train_extras(model, cfg, objective)  # AdaLoRA: regularizer, allocator
         batcher = StepBatcher(data.train, cfg.train.batch_size, cfg.train.grad_accum, spec.collate(pad),
                               cfg.train.seed)
         first = spec.collate(pad)([data.train[i] for i in range(min(len(data.train), cfg.train.batch_size))])
@@ -186,7 +187,8 @@ def run_alignment(method: str, cfg: AlignRunConfig, model_path: str | Path, out_
         if peft_info is not None:  # a LoRA checkpoint does not resume as a full fine-tune (or another rank)
             identity["peft"] = cfg.peft.model_dump(mode="json", exclude={"merge"})
         trainer = Trainer(model, objective, batcher, cfg.train, out, eval_fn=evaluation_fn(spec, cfg, data, ref),
-                          run_config=run_config, quiet=quiet, callbacks=callbacks, identity=identity)
+                          run_config=run_config, quiet=quiet, callbacks=[*(callbacks or []), *peft_callbacks],
+                          identity=identity)
         result = trainer.fit(resume=resume, force=force)
     policy = trainer.final_model()  # distributed: rank 0 alone saves, judges and writes
     if policy is None:
