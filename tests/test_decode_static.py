@@ -170,3 +170,16 @@ def test_static_greedy_matches_transformers_generate(tmp_path):
     ref = _reference(folder, prompts)
     assert rows == ref
     assert len(ref[0]) < MAX_NEW and any(len(r) == MAX_NEW for r in ref)  # per-row stop compared too
+
+
+def test_merged_weights_are_reused_and_follow_in_place_updates():
+    model = _model(2)
+    ids, mask = _prompts_padded()
+    first = sc.merged_weights(model)
+    assert sc.merged_weights(model) is first  # no copy on the next call
+    with torch.no_grad():  # an optimizer step updates in place
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    assert sc.merged_weights(model) is not first
+    a = model.generate(ids, mask, max_new_tokens=12)
+    assert torch.equal(model.generate(ids, mask, max_new_tokens=12, cache="static"), a)

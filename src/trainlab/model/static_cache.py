@@ -14,7 +14,8 @@ Inference", on decode being memory-bound):
   ``2 · L · Hkv · D · e · C · B`` (:mod:`trainlab.memory.kv`). It also offers ``update(layer, k, v)``
   (the dynamic cache's interface), so the decoder's ordinary forward fills it during prefill.
 * :class:`StaticDecoder`: per token and layer, one merged ``[q; k; v]`` matmul and one merged
-  ``[gate; up]`` matmul (weights concatenated once: an extra copy of those weights while it lives),
+  ``[gate; up]`` matmul (weights concatenated once per model and kept while the weights are unchanged:
+  an extra copy of those weights, :func:`merged_weights`),
   rotary ``cos/sin`` looked up in a table of the ``C`` positions, keys/values written at column
   ``t`` and attention over columns ``< t + 1`` of the buffer.
 * Grouped-query attention for one new token without repeating keys/values: the ``G = Hq / Hkv``
@@ -29,6 +30,7 @@ sum in another order): greedy tokens are tested equal to the dynamic cache's and
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -110,6 +112,29 @@ def supports_static(model: Any) -> bool:
     return isinstance(model, Decoder) and type(model.norm) is RMSNorm and all(plain(b) for b in model.layers)
 
 
+_MERGED: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], list[tuple[Tensor, Tensor]]]] = (
+    weakref.WeakKeyDictionary())
+
+
+def merged_weights(model: Any) -> list[tuple[Tensor, Tensor]]:
+    """Per layer ``([W_q; W_k; W_v], [W_gate; W_up])``, concatenated once and reused by later calls.
+
+    Kept per model while its projection weights are the same tensors at the same version (an in-place
+    update, e.g. an optimizer step, bumps ``Tensor._version``; a new tensor changes its identity), so
+    decoding the same model again costs no copy; any change rebuilds them.
+    """
+    sources = [(blk.attn.q_proj.weight, blk.attn.k_proj.weight, blk.attn.v_proj.weight, blk.mlp.gate_proj.weight,
+                blk.mlp.up_proj.weight) for blk in model.layers]
+    key = tuple((id(w), w._version, w.dtype, w.device) for ws in sources for w in ws)
+    hit = _MERGED.get(model)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    with torch.no_grad():
+        merged = [(torch.cat([q, k, v]), torch.cat([g, u])) for q, k, v, g, u in sources]
+    _MERGED[model] = (key, merged)
+    return merged
+
+
 class StaticDecoder:
     """Greedy/sampled decoding state of a :class:`~trainlab.model.decoder.Decoder` on a static cache.
 
@@ -134,12 +159,8 @@ class StaticDecoder:
         positions = torch.arange(capacity, device=weight.device)[None]
         cos, sin = rope_cos_sin(positions, self.d, cfg.rope_theta, weight.dtype)
         self.cos, self.sin = cos[0], sin[0]  # [C, D]
-        with torch.no_grad():
-            self.layers = [
-                (blk.attn_norm, torch.cat([blk.attn.q_proj.weight, blk.attn.k_proj.weight, blk.attn.v_proj.weight]),
-                 blk.attn.o_proj.weight, blk.mlp_norm,
-                 torch.cat([blk.mlp.gate_proj.weight, blk.mlp.up_proj.weight]), blk.mlp.down_proj.weight)
-                for blk in model.layers]
+        self.layers = [(blk.attn_norm, qkv, blk.attn.o_proj.weight, blk.mlp_norm, gu, blk.mlp.down_proj.weight)
+                       for blk, (qkv, gu) in zip(model.layers, merged_weights(model), strict=True)]
         self.hidden = cfg.hidden_dim
         self.scale = self.d ** -0.5
 
