@@ -148,3 +148,23 @@ def test_peft_resume_continues_bit_exactly(gpt2_dir: Path, pairs_file: Path, tmp
                                   "train.max_steps=3"), gpt2_dir, tmp_path / "c", resume=True, quiet=True,
                       evaluate_oracle=False)
 
+
+
+@pytest.mark.parametrize("method", ["orpo", "simpo", "kto"])
+def test_every_alignment_method_trains_only_the_adapter(method: str, gpt2_dir: Path, pairs_file: Path,
+                                                        tmp_path: Path) -> None:
+    extra = ["align.reference=frozen"] if method == "kto" else []
+    cfg = _cfg(method, gpt2_dir, pairs_file, "peft.method=lora", "peft.r=2", "peft.targets=c_attn,c_fc", *extra)
+    run = run_alignment(method, cfg, gpt2_dir, tmp_path / method, quiet=True, evaluate_oracle=False)
+    assert run.summary["peft"]["trainable_params"] == 2 * 2 * ((32 + 96) + (32 + 128))
+    assert run.summary["memory"]["reference"] == 0
+    fresh = load_model(gpt2_dir)
+    moved = []
+    for name, p in run.model.named_parameters():
+        if "lora_" in name:
+            if "lora_B" in name and p.abs().max() > 0:
+                moved.append(name)
+            continue
+        torch.testing.assert_close(p, fresh.get_parameter(name.replace(".base_layer", "")), atol=0, rtol=0)
+    assert len(moved) == 4  # every B moved away from its zero init: the adapters trained
+    assert (tmp_path / method / "adapter" / "adapter_model.safetensors").is_file()
