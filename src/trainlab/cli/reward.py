@@ -94,3 +94,58 @@ def rm(
 RewardModelOpt = Annotated[Path | None, typer.Option(
     "--reward-model", help="reward model folder (trainlab rm's output or any *ForSequenceClassification with "
     "num_labels=1); default: the embedded tasks' oracle (rl.reward)")]
+
+
+@app.command(name="ppo")
+def ppo(
+    overrides: OverridesArg = None,
+    config: ConfigOpt = None,
+    preset: PresetOpt = "quick",
+    model: AlignModelOpt = None,
+    reward_model: RewardModelOpt = None,
+    data: Annotated[str | None, typer.Option(
+        "--data", help="prompts: a JSONL file with a 'prompt' per line (default: the embedded tasks, judged by "
+        "their oracle)")] = None,
+    out: OutOpt = None,
+    max_steps: MaxStepsOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    resume: ResumeOpt = False,
+    resume_or_start: ResumeOrStartOpt = False,
+    force: ForceOpt = False,
+    save_dtype: SaveDtypeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """PPO (RLHF): sample, score with a reward model or the task oracle, KL penalty to the reference in the
+    reward, GAE, clipped policy and value losses (rl.* keys: beta, kl_ctl, ppo_epochs, mini_batches, ...)."""
+    from trainlab.recipes.rlhf import ppo_config, run_ppo
+    from trainlab.train.checkpoint import check_run_dirs
+
+    extra = _data_extra(data, False, None, save_dtype)
+    extra["rl"] = {}
+    if reward_model is not None:
+        extra["rl"].update(reward="model", reward_model=str(reward_model))
+    cfg = ppo_config(preset=preset, config_file=config, extra=extra, model=model,
+                     overrides=_training_overrides(max_steps, seed, device, overrides))
+    out_dir = out or Path("runs/ppo")
+    mode = _resume_mode(resume, resume_or_start)
+    check_run_dirs(out_dir, mode, {"--model": model, "--reward-model": reward_model}, force=force)
+    if model is None:
+        from trainlab.recipes.base_model import embedded_base_model
+
+        model = embedded_base_model(preset, quiet=as_json)
+    result = run_ppo(cfg, model, out_dir, resume=mode, quiet=as_json, force=force)
+    shown = {k: result[k] for k in ("method", "reward", "model_in", "model_dir", "value_dir", "steps",
+                                    "steps_per_rollout", "final_loss", "train_time_s", "wall_time_s",
+                                    "generate_time_s", "update_time_s", "peak_memory", "forward_passes_per_step",
+                                    "forward_passes_per_rollout", "models", "reward_curve", "kl_curve",
+                                    "kl_coef_curve", "accuracy")}
+    _emit(shown, as_json)
+    if not as_json:
+        acc = result["accuracy"]
+        rewards = result["reward_curve"]
+        _say(f"saved PPO policy to {result['model_dir']}; {result['steps']} steps, {len(rewards)} rollouts; "
+             f"reward {rewards[0]:.3f} -> {rewards[-1]:.3f}; KL {result['kl_curve'][-1]:.4f}"
+             + (f"; oracle accuracy {acc['overall']:.1%}" if acc else ""))
+        passes = ", ".join(f"{k} {v:g}" for k, v in result["forward_passes_per_rollout"].items())
+        _say(f"forward passes per rollout: {passes}")
