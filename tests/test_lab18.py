@@ -98,3 +98,23 @@ def test_lab18_export_loads_in_transformers_with_the_same_logits() -> None:
     assert claim.verdict == ("consistent" if export["max_abs_logit_diff"] < 1e-3 else "not reproduced")
     rlhf = _claim(lab, "RLHF")
     assert rlhf.verdict == "not measurable here"
+
+
+def test_lab18_serves_the_orpo_model_with_the_offline_accuracy() -> None:
+    """The ORPO model behind the OpenAI-compatible endpoint: every held-out prompt asked over HTTP is answered,
+    with the oracle accuracy (and completions) of offline generation; the claim's verdict follows."""
+    from trainlab.labs.lab18 import _export_serve_verdict
+
+    lab = _lab()
+    served = lab.data["serve"]
+    assert served["answered"] == served["prompts"] > 0 and served["requests_per_s"] > 0
+    assert served["accuracy_served"] == served["accuracy_offline"]
+    assert served["identical_completions"] == served["prompts"]
+    assert any(t.title.startswith("Serving: the ORPO model") for t in lab.tables)
+    claim = _claim(lab, "serves with the usual tools")
+    assert "through the server" in claim.measured and "requests/s" in claim.measured
+    assert claim.verdict == _export_serve_verdict(lab.data["export"]["max_abs_logit_diff"], served) == "consistent"
+    assert _export_serve_verdict(0.0, {**served, "accuracy_served": served["accuracy_offline"] + 0.1}) \
+        == "not reproduced"
+    assert _export_serve_verdict(0.0, {"skipped": "no extra"}) == "partly"
+    assert _export_serve_verdict(1.0, served) == "not reproduced"

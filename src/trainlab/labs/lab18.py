@@ -8,16 +8,23 @@ reference model). DPO is pure DPO (``align.rpo_alpha=0``), the run lab 1.7 calls
 method holds for a reference policy is measured on the live objects (`ReferenceHoldings`), beside a
 short DPO run with a frozen reference and one with cached log-probs, so that the measurement is
 shown to see a reference when there is one. The ORPO model is then exported in the Hugging Face
-format and loaded back with ``transformers``, which must compute the same logits.
+format and loaded back with ``transformers``, which must compute the same logits, and served behind
+trainlab's OpenAI-compatible endpoint (``trainlab serve``'s app on a loopback port): the held-out
+prompts asked through ``/v1/completions`` by concurrent clients must get the oracle accuracy that
+offline generation gets (the same greedy completions), and the requests/s are measured.
 """
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from trainlab.align.evaluate import oracle_accuracy
+from trainlab.align.evaluate import oracle_accuracy, task_completions
+from trainlab.data.tasks import score
 from trainlab.labs import LabContext
 from trainlab.labs.align_common import (
     PURE,
@@ -39,6 +46,8 @@ from trainlab.report.plots import bar_plot, line_plot
 from trainlab.results import Claim, Figure, LabResult, Table
 
 TITLE = "1.8 ORPO: single-stage alignment vs SFT then DPO, and SimPO"
+SERVE_PROMPTS = 48  # held-out prompts asked through the endpoint (every task in turn)
+SERVE_CLIENTS = 8  # concurrent clients
 
 
 def _curve(history: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
@@ -80,6 +89,63 @@ def export_check(model_dir: str, model: Any, tokenizer: Any, prompts: list[str])
             "same_greedy_next_token": bool((ref[:, -1].argmax(-1) == got[:, -1].argmax(-1)).all())}
 
 
+def serve_check(model_dir: str, records: list[Any], device: str) -> dict[str, Any]:
+    """Serve ``model_dir`` on a loopback port and ask it ``records``' prompts through ``/v1/completions``
+    (greedy, ``SERVE_CLIENTS`` concurrent clients); compare with offline greedy generation of the same folder.
+
+    The completions' length limit is the one oracle accuracy uses (longest expected answer + 3 tokens).
+    Without the ``serve`` extra (FastAPI, uvicorn) the result says so (``skipped``).
+    """
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        return {"skipped": "needs the serve extra (pip install 'trainlab[serve]')"}
+    from trainlab.recipes.export import load_with_tokenizer
+    from trainlab.serve.engine import Engine
+    from trainlab.serve.local import local_server, post_json
+
+    model, tok = load_with_tokenizer(Path(model_dir), device=device)
+    engine = Engine(model, tok, name="orpo")
+    max_new = max(len(tok.encode(r.answer, add_special_tokens=False)) for r in records) + 3  # as oracle_accuracy
+    offline = task_completions(model, tok, records)
+    with local_server(engine, max_batch=SERVE_CLIENTS, max_queue=len(records) + 1) as url:
+        def ask(prompt: str) -> str:
+            body = {"model": "orpo", "prompt": prompt, "max_tokens": max_new, "temperature": 0}
+            return str(post_json(url + "/v1/completions", body)["choices"][0]["text"])
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(SERVE_CLIENTS) as pool:
+            served = list(pool.map(ask, [r.prompt for r in records]))
+        wall = time.perf_counter() - start
+    right_served = sum(score(r, t) for r, t in zip(records, served, strict=True))
+    right_offline = sum(score(r, t) for r, t in zip(records, offline, strict=True))
+    return {"prompts": len(records), "answered": len(served), "clients": SERVE_CLIENTS, "max_tokens": max_new,
+            "accuracy_served": right_served / len(records), "accuracy_offline": right_offline / len(records),
+            "identical_completions": sum(a == b for a, b in zip(served, offline, strict=True)),
+            "wall_s": wall, "requests_per_s": len(records) / wall}
+
+
+def _served_text(served: dict[str, Any]) -> str:
+    if "skipped" in served:
+        return f"serving not measured: {served['skipped']}"
+    return (f"served over HTTP (/v1/completions): {served['answered']}/{served['prompts']} held-out prompts answered, "
+            f"oracle accuracy {served['accuracy_served']:.1%} through the server vs {served['accuracy_offline']:.1%} "
+            f"offline ({served['identical_completions']}/{served['prompts']} identical completions), "
+            f"{served['requests_per_s']:.1f} requests/s with {served['clients']} clients")
+
+
+def _export_serve_verdict(logit_diff: float, served: dict[str, Any]) -> str:
+    """Consistent when transformers computes the same logits and the server answers every prompt with the
+    offline oracle accuracy; partly when the export holds but serving could not be measured."""
+    if logit_diff >= 1e-3:
+        return "not reproduced"
+    if "skipped" in served:
+        return "partly"
+    same = served["answered"] == served["prompts"] and served["accuracy_served"] == served["accuracy_offline"]
+    return "consistent" if same else "not reproduced"
+
+
 def run(ctx: LabContext) -> LabResult:
     base_dir = embedded_base_model(ctx.preset, quiet=True)
     kw = {"seed": ctx.seed, "device": ctx.device, "overrides": ctx.overrides}
@@ -109,6 +175,7 @@ def run(ctx: LabContext) -> LabResult:
     acc = {"base": acc_base, "SFT": sft.summary["accuracy"], "SFT -> DPO": dpo.summary["accuracy"],
            "ORPO (from base)": orpo.summary["accuracy"], "SFT -> SimPO": simpo.summary["accuracy"]}
     export = export_check(orpo.summary["model_dir"], orpo.model, tokenizer, [r.prompt for r in records[:16]])
+    served = serve_check(orpo.summary["model_dir"], records[:SERVE_PROMPTS], ctx.device)
 
     # cost: optimizer steps + reference passes of every stage; wall: each stage end to end (model
     # loading, data, evaluation during training, saving), summed
@@ -181,6 +248,17 @@ def run(ctx: LabContext) -> LabResult:
               rows=[[orpo.summary["model_dir"], export["class"], export["max_abs_logit_diff"],
                      export["same_greedy_next_token"]]]),
     ]
+    if "skipped" not in served:
+        tables.append(Table(
+            title="Serving: the ORPO model behind the OpenAI-compatible endpoint (/v1/completions, greedy)",
+            columns=["prompts", "answered", "concurrent clients", "oracle accuracy through the server",
+                     "oracle accuracy offline", "identical completions", "requests/s", "wall time (s)"],
+            rows=[[served["prompts"], served["answered"], served["clients"], served["accuracy_served"],
+                   served["accuracy_offline"], served["identical_completions"], served["requests_per_s"],
+                   served["wall_s"]]],
+            note="Offline: trainlab's batched generate on the same folder with the same length limit (the longest "
+                 "expected answer + 3 tokens). Requests/s: loopback HTTP, JSON and tokenization included, on a "
+                 "shared CPU."))
 
     # ---- claims
     a_dpo, a_orpo = pipelines["SFT -> DPO"][0], pipelines["ORPO"][0]
@@ -212,9 +290,12 @@ def run(ctx: LabContext) -> LabResult:
         Claim(claim="An aligned model exports to the standard format and serves with the usual tools",
               source="seed 000 (Lab-1.8: simplified deployment)",
               measured=f"transformers loads the ORPO folder as {export['class']}; max |logit difference| "
-                       f"{export['max_abs_logit_diff']:.2e} on {export['n_prompts']} prompts",
-              verdict="consistent" if export["max_abs_logit_diff"] < 1e-3 else "not reproduced",
-              why="the decoder is Llama-compatible; the export writes config.json + model.safetensors + tokenizer"),
+                       f"{export['max_abs_logit_diff']:.2e} on {export['n_prompts']} prompts; "
+                       + _served_text(served),
+              verdict=_export_serve_verdict(export["max_abs_logit_diff"], served),
+              why="the decoder is Llama-compatible; the export writes config.json + model.safetensors + tokenizer; "
+                  "the endpoint is trainlab serve's OpenAI-compatible app on a loopback port, asked over HTTP by "
+                  f"concurrent clients (continuous batching), {ctx.env.short()}"),
     ]
     text = [
         f"Three pipelines on the same task data: SFT ({sft.summary['steps']} steps, "
@@ -236,5 +317,5 @@ def run(ctx: LabContext) -> LabResult:
                      data={"accuracy": acc, "pipelines": {k: dict(zip(["accuracy", "cost_s", "wall_time_s",
                                                                        "memory_bytes", "steps"], v, strict=True))
                                                           for k, v in pipelines.items()},
-                           "export": export, "runs": slim,
+                           "export": export, "serve": served, "runs": slim,
                            "reference_held": {k: h.to_dict() for k, h in held.items()}, "dpo_label": dpo_label})
