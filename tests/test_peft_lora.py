@@ -1,4 +1,5 @@
-"""LoRA-family interop with Hugging Face PEFT, one case table (methods x architectures) through shared checks.
+"""LoRA-family (LoRA, rsLoRA, DoRA, AdaLoRA) interop with Hugging Face PEFT, one case table (methods x
+architectures) through shared checks.
 
 For each case: our adapter saved -> ``peft.PeftModel.from_pretrained`` gives our logits; an adapter made with
 ``peft.get_peft_model`` (B random, non-zero) loads into ours with PEFT's logits; merged = unmerged logits;
@@ -58,6 +59,9 @@ CASES = [
     Case("dora", "decoder", ["q_proj", "o_proj", "up_proj"]),
     Case("dora", "gpt2"),
     Case("dora", "qwen2", ["k_proj", "gate_proj"]),
+    Case("adalora", "decoder", ["q_proj", "down_proj"]),
+    Case("adalora", "gpt2"),
+    Case("adalora", "llama", ["v_proj", "up_proj"]),
 ]
 
 
@@ -91,16 +95,28 @@ def _logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
 
 
 def _perturb(model: nn.Module, seed: int = 3) -> None:
-    """Random non-zero B (and magnitudes): a trained-looking adapter."""
+    """Random non-zero B (and magnitudes, AdaLoRA's singular values): a trained-looking adapter."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "lora_B" in name or "lora_magnitude_vector" in name:
+            if any(k in name for k in ("lora_B", "lora_E", "lora_magnitude_vector")):
                 p.add_(torch.randn(p.shape, generator=g) * 0.1)
 
 
 def _cfg(case: Case) -> PeftConfig:
+    if case.method == "adalora":  # target rank 2 of 4 initial triplets per matrix
+        return PeftConfig(method="adalora", r=2, adalora_init_r=4, alpha=8, targets=case.targets, init_seed=0,
+                          adalora_total_step=10)
     return PeftConfig(method=case.method, r=4, alpha=8, targets=case.targets, init_seed=0, **case.extra)
+
+
+def _peft_config(case: Case) -> Any:
+    """The same adapter as `_cfg`, in HF PEFT's terms."""
+    if case.method == "adalora":
+        return peft.AdaLoraConfig(init_r=4, target_r=2, total_step=10, lora_alpha=8, target_modules=case.targets,
+                                  task_type="CAUSAL_LM")
+    return peft.LoraConfig(r=4, lora_alpha=8, target_modules=case.targets, use_dora=case.method == "dora",
+                           use_rslora=case.extra.get("rslora", False), task_type="CAUSAL_LM")
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
@@ -134,9 +150,7 @@ def test_lora_family_interop(case: Case, tmp_path: Path) -> None:
     torch.testing.assert_close(_logits(ours, ids), logits, atol=1e-5, rtol=1e-5)
 
     # PEFT -> ours
-    lora_cfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules=case.targets, use_dora=case.method == "dora",
-                               use_rslora=case.extra.get("rslora", False), task_type="CAUSAL_LM")
-    trained = peft.get_peft_model(copy.deepcopy(hf), lora_cfg)
+    trained = peft.get_peft_model(copy.deepcopy(hf), _peft_config(case))
     _perturb(trained, seed=5)
     trained.save_pretrained(str(tmp_path / "from_peft"))
     fresh, _ = _pair(case.arch, tmp_path / "again")
