@@ -141,6 +141,12 @@ def test_errors():
     wrapped = _model(2)
     wrapped.layers[0].attn.q_proj = torch.nn.Sequential(wrapped.layers[0].attn.q_proj)  # like an adapter
     assert supports_static(model) and not supports_static(wrapped)
+
+    class Prefixed(Decoder):  # like a prompt-tuned model: decodes its own way
+        def hidden_states(self, *args, **kwargs):
+            return super().hidden_states(*args, **kwargs)
+
+    assert not supports_static(Prefixed(model.config))
     with pytest.raises(UserError, match="without adapters"):
         wrapped.generate(ids, mask, max_new_tokens=2, cache="static")
 

@@ -109,7 +109,10 @@ def supports_static(model: Any) -> bool:
                 and all(type(m) is nn.Linear for m in linears)
                 and type(blk.attn_norm) is RMSNorm and type(blk.mlp_norm) is RMSNorm)
 
-    return isinstance(model, Decoder) and type(model.norm) is RMSNorm and all(plain(b) for b in model.layers)
+    # a subclass that changes how tokens are decoded (virtual tokens, prefixes) keeps the general path
+    hooks = ("hidden_states", "init_cache", "decode_step", "forward", "logits")
+    own = isinstance(model, Decoder) and all(getattr(type(model), h) is getattr(Decoder, h) for h in hooks)
+    return own and type(model.norm) is RMSNorm and all(plain(b) for b in model.layers)
 
 
 _MERGED: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], list[tuple[Tensor, Tensor]]]] = (
