@@ -269,7 +269,8 @@ def adalora_peft_config(cfg: PeftConfig, model: nn.Module) -> dict[str, Any]:
     modules = svd_modules(model)
     return {
         "peft_type": "ADALORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": hf_format.base_model_name(model),
-        "target_r": cfg.r,  # no "r": AdaLoRA ignores it (PEFT warns when it is not its default) "init_r": cfg.adalora_init_r, "tinit": cfg.adalora_tinit,
+        # no "r": AdaLoRA ignores it (PEFT warns when it is not its default)
+        "target_r": cfg.r, "init_r": cfg.adalora_init_r, "tinit": cfg.adalora_tinit,
         "tfinal": cfg.adalora_tfinal, "deltaT": cfg.adalora_delta_t, "beta1": cfg.adalora_beta1,
         "beta2": cfg.adalora_beta2, "orth_reg_weight": cfg.adalora_orth_reg, "total_step": total_steps(cfg),
         "rank_pattern": rank_pattern(model), "lora_alpha": cfg.alpha, "lora_dropout": cfg.dropout,
