@@ -115,6 +115,7 @@ class RankMemory:
     activations: int = 0
     peak: int = 0
     wrap_bytes: int = 0
+    master_weights: int = 0  # an engine's own fp32 copy of its parameter partition (DeepSpeed)
     formula: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -122,13 +123,16 @@ class RankMemory:
 
 
 class _Hooks(StepHooks):
-    def __init__(self, tracker: LiveTensorTracker, model: nn.Module, result: RankMemory) -> None:
-        self.tracker, self.model, self.result = tracker, model, result
+    def __init__(self, tracker: LiveTensorTracker, model: nn.Module, result: RankMemory, extras: Any) -> None:
+        self.tracker, self.model, self.result, self.extras = tracker, model, result, extras
 
     @contextlib.contextmanager
     def phase(self, name: str, index: int) -> Iterator[None]:
         if name == "optimizer":
-            self.result.gradients = local_bytes(p.grad for p in self.model.parameters() if p.grad is not None)
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            if self.extras is not None:  # an engine's own gradient buffers (DeepSpeed's partitions)
+                grads += self.extras(self.model).get("gradients", [])
+            self.result.gradients = local_bytes(grads)
         before = self.tracker.live
         self.tracker.mark(f"{name}{index}")
         yield
@@ -149,19 +153,26 @@ def track_wrap(tensors: Any) -> Iterator[RankMemory]:
         result.wrap_bytes = tracker.live - start
 
 
-def measure_rank_step(model: nn.Module, optimizer: torch.optim.Optimizer, run_step: Any) -> RankMemory:
-    """Run ``run_step(hooks)`` (one `trainlab.train.optimizer_step` given ``hooks=``) under the tracker."""
+def measure_rank_step(model: nn.Module, optimizer: torch.optim.Optimizer, run_step: Any, *,
+                      extras: Any = None) -> RankMemory:
+    """Run ``run_step(hooks)`` (one `trainlab.train.optimizer_step` given ``hooks=``) under the tracker.
+
+    ``extras(model) -> {"gradients": [...], "master_weights": [...]}``: tensors an engine keeps outside
+    ``p.grad`` and the optimizer's state (a strategy's ``memory_tensors``)."""
     result = RankMemory()
     tracker = LocalTensorTracker(record=False)
     with tracker:
         tracker.register(list(model.parameters()) + list(model.buffers()))
         tracker.register(v for s in optimizer.state.values() for v in s.values() if isinstance(v, Tensor))
         tracker.reset_peak()
-        run_step(_Hooks(tracker, model, result))
+        run_step(_Hooks(tracker, model, result, extras))
         result.peak = tracker.peak
-    result.parameters = local_bytes(model.parameters())
+    own = extras(model).get("parameters") if extras is not None else None
+    result.parameters = local_bytes(own if own is not None else model.parameters())
     result.optimizer_states = local_bytes(v for s in optimizer.state.values() for v in s.values()
                                           if isinstance(v, Tensor) and v.dim() > 0)
+    if extras is not None:
+        result.master_weights = local_bytes(extras(model).get("master_weights", []))
     return result
 
 

@@ -41,9 +41,18 @@ def _entry(rank: int, fn: Callable[..., Any], world: int, folder: str, kwargs: d
         raise
 
 
-def run_ranks(fn: Callable[..., Any], world: int = 2, *, start_method: str = "fork", **kwargs: Any) -> list[Any]:
-    """``[fn(0, world, **kwargs), ..., fn(world-1, ...)]``, each computed in its own process."""
+def run_ranks(fn: Callable[..., Any], world: int = 2, *, start_method: str = "fork", preload: tuple[str, ...] = (),
+              **kwargs: Any) -> list[Any]:
+    """``[fn(0, world, **kwargs), ..., fn(world-1, ...)]``, each computed in its own process.
+
+    ``preload``: modules imported here first, so forked ranks inherit them instead of each importing them
+    (``torch._dynamo``, which torch's optimizers import, takes seconds)."""
+    import importlib
+
     import torch.multiprocessing as mp
+
+    for name in ("torch._dynamo", *preload):
+        importlib.import_module(name)
 
     with tempfile.TemporaryDirectory(prefix="trainlab-ranks-") as folder:
         ctx = mp.start_processes(_entry, args=(fn, world, folder, kwargs), nprocs=world, join=False,

@@ -94,7 +94,8 @@ def train_rank(rank: int, world: int, spec: RunSpec) -> dict[str, Any]:
     n_params = model.num_parameters()
     n_tp = block_matmul_params(model)
     cfg = TrainConfig(lr=spec.lr, max_steps=spec.steps, batch_size=spec.batch, grad_accum=spec.grad_accum,
-                      warmup_steps=0, grad_clip=spec.grad_clip, device="cpu", seed=spec.seed)
+                      warmup_steps=0, grad_clip=spec.grad_clip, device="cpu", seed=spec.seed,
+                      save_every=0, save_every_minutes=0)
     if ctx is not None:
         strategy.validate(cfg)
     with track_wrap(list(model.parameters())) as wrap_mem:
@@ -119,7 +120,8 @@ def train_rank(rank: int, world: int, spec: RunSpec) -> dict[str, Any]:
             meter = CommMeter(world)
             out: list[Any] = []
             with meter:
-                mem = measure_rank_step(model, opt, lambda hooks, out=out: out.append(run(hooks)))
+                mem = measure_rank_step(model, opt, lambda hooks, out=out: out.append(run(hooks)),
+                                        extras=getattr(strategy, "memory_tensors", None))
             outcome = out[0]
             comm = {"summary": meter.summary(), "wire_total": meter.wire_total,
                     "records": [asdict(r) for r in meter.records]}
