@@ -110,7 +110,10 @@ def _launch_if_asked(nproc: int | None) -> None:
     if nproc is None or nproc <= 1 or worker_rank() is not None:
         return
     _, argv = strip_nproc(list(ARGV) if ARGV is not None else sys.argv[1:])
-    raise typer.Exit(launch(nproc, argv))
+    code = launch(nproc, argv)
+    if code == 130:  # interrupted: rank 0 said where the checkpoint is (typer's Exit(130) would add "aborted")
+        raise SystemExit(130)
+    raise typer.Exit(code)
 
 
 def _resume_mode(resume: bool, resume_or_start: bool) -> bool | str:

@@ -10,8 +10,9 @@ and turns a failure into one line:
   the launcher prints the *first* recorded error (the cause: ranks that fail because a peer vanished
   record theirs later) and exits with that rank's code (2 for a `UserError`);
 * ranks other than 0 print nothing (rank 0 shows progress and results, `worker_quiet`);
-* Ctrl-C reaches every rank (the launcher ignores it): they finish the step, agree to stop, save the
-  checkpoint and exit 130.
+* Ctrl-C reaches every rank (torchrun starts each in its own session, so the launcher forwards the
+  SIGINT to them instead of ending them): they finish the step, agree to stop, save the checkpoint
+  and exit 130.
 
 Multi-node runs use torchrun itself on every node (``torchrun --nnodes 2 --node-rank K
 --nproc-per-node G --rdzv-backend c10d --rdzv-endpoint HOST:PORT -m trainlab pretrain ...``); the
@@ -20,6 +21,7 @@ same error and output rules apply (ranks name themselves in their error lines).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -112,7 +114,7 @@ def launch(nproc: int, argv: list[str]) -> int:
     config.signals_to_handle = "SIGTERM,SIGHUP,SIGQUIT"  # SIGINT goes to the ranks: they save and stop
     errors = Path(tempfile.mkdtemp(prefix="trainlab-errors-"))
     os.environ[ERROR_DIR_ENV] = str(errors)
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = signal.signal(signal.SIGINT, _forward_sigint)
     try:
         elastic_launch(config, cmd)(*cmd_args)
         return 0
@@ -124,6 +126,27 @@ def launch(nproc: int, argv: list[str]) -> int:
         for f in errors.iterdir():
             f.unlink()
         errors.rmdir()
+
+
+def _children() -> list[int]:
+    """Process ids whose parent is this process (Linux ``/proc``; elsewhere none)."""
+    me, out = os.getpid(), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _forward_sigint(signum: int, frame: object) -> None:
+    """The launcher's Ctrl-C: pass it to the ranks (they save and stop); the launcher waits for them."""
+    del frame
+    for pid in _children():
+        with contextlib.suppress(OSError):
+            os.kill(pid, signum)
 
 
 def _report(exc: object, errors: Path) -> int:

@@ -169,13 +169,26 @@ def register_strategy(name: str) -> Callable[[Callable[[DistContext], Strategy]]
     return deco
 
 
-def _load_builtin() -> None:
-    """Import the modules that register strategies (lazily: torch.distributed pieces are heavy)."""
+_MODULES = ("ddp", "fsdp", "tp", "pp", "deepspeed", "zero1")
+# the module that registers a strategy (the others are not imported for it: DeepSpeed is heavy)
+_MODULE_OF = {"ddp": "ddp", "fsdp": "fsdp", "zero2": "fsdp", "zero3": "fsdp", "tp": "tp", "pp": "pp",
+              "zero1": "zero1"}
+
+
+def _import(mod: str) -> None:
     import importlib
 
-    for mod in ("ddp", "fsdp", "tp", "pp", "deepspeed", "zero1"):
-        with contextlib.suppress(ModuleNotFoundError):
-            importlib.import_module(f"trainlab.distributed.{mod}")
+    try:
+        importlib.import_module(f"trainlab.distributed.{mod}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"trainlab.distributed.{mod}":  # the module exists but lacks a dependency: say so
+            raise
+
+
+def _load_builtin(names: Sequence[str] = _MODULES) -> None:
+    """Import the modules that register strategies (lazily: torch.distributed pieces are heavy)."""
+    for mod in names:
+        _import(mod)
 
 
 def strategy_names() -> list[str]:
@@ -205,8 +218,11 @@ def build_strategy(ctx: DistContext | None) -> Strategy:
     """The strategy object of this run (`LOCAL` for one process)."""
     if ctx is None:
         return LOCAL
-    _load_builtin()
     engine = ctx.config.engine
+    mod = "deepspeed" if engine == "deepspeed" else _MODULE_OF.get(ctx.strategy)
+    _load_builtin([mod] if mod is not None else _MODULES)
+    if (f"{engine}:{ctx.strategy}" if engine != "torch" else ctx.strategy) not in _REGISTRY:
+        _load_builtin()
     factory = _REGISTRY.get(f"{engine}:{ctx.strategy}") if engine != "torch" else None
     factory = factory or (_REGISTRY.get(ctx.strategy) if engine == "torch" else None)
     if factory is None and engine != "torch":
