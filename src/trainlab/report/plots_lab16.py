@@ -6,34 +6,54 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trainlab.report.plots import bar_plot, line_plot
+from trainlab.report.plots import bar_plot, line_plot, plt
 from trainlab.results import Figure
 
+_STYLES = {"ours-static": "-", "ours-dynamic": "--", "transformers": ":"}
 
-def _series(points: list[dict[str, Any]], sweep: str, x: str, y: str, scale: float = 1.0
-            ) -> dict[str, tuple[list[float], list[float]]]:
-    out: dict[str, tuple[list[float], list[float]]] = {}
-    for key in sorted({(p["variant"], p["impl"]) for p in points if p["sweep"] == sweep}):
-        pts = sorted((p for p in points if p["sweep"] == sweep and (p["variant"], p["impl"]) == key),
-                     key=lambda p: p[x])
-        out[f"{key[0]} {key[1]}"] = ([p[x] for p in pts], [p[y] * scale for p in pts])
-    return out
+
+def _styled_plot(path: Path, points: list[dict[str, Any]], sweep: str, x: str, y: str, scale: float, *,
+                 title: str, xlabel: str, ylabel: str) -> Path:
+    """Colour per variant, line style per implementation (solid: ours static, dashed: ours dynamic, dotted:
+    transformers), log-log axes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    variants = list(dict.fromkeys(p["variant"] for p in points if p["sweep"] == sweep))
+    for i, variant in enumerate(variants):
+        for impl, style in _STYLES.items():
+            pts = sorted((p for p in points if p["sweep"] == sweep and p["variant"] == variant and p["impl"] == impl),
+                         key=lambda p: p[x])
+            if pts:
+                ax.plot([p[x] for p in pts], [p[y] * scale for p in pts], linestyle=style, marker="o",
+                        color=f"C{i}", label=f"{variant} {impl}", linewidth=1.6)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=len(variants))
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def decode_figures(out_dir: Path, rel: Callable[[Path], str], decode: dict[str, Any]) -> list[Figure]:
     pts = decode["points"]
     figs = []
     if any(p["sweep"] == "batch" for p in pts):
-        path = line_plot(out_dir / "decode_tokens_per_s_vs_batch.png", _series(pts, "batch", "batch",
-                         "decode_tokens_per_s"), title="Decode tokens/s vs batch size", xlabel="batch",
-                         ylabel="tokens/s (decode steps)", logx=True, logy=True)
+        path = _styled_plot(out_dir / "decode_tokens_per_s_vs_batch.png", pts, "batch", "batch",
+                            "decode_tokens_per_s", 1.0, title="Decode tokens/s vs batch size", xlabel="batch",
+                            ylabel="tokens/s (decode steps)")
         figs.append(Figure(path=rel(path), caption="Decode throughput (batch / per-token latency) of MHA, GQA and "
-                           "MQA variants: ours with the dynamic and static cache, transformers' generate."))
+                           "MQA variants: ours with the static (solid) and dynamic (dashed) cache, transformers' "
+                           "generate (dotted)."))
     if any(p["sweep"] == "context" for p in pts):
-        path = line_plot(out_dir / "decode_latency_vs_context.png", _series(pts, "context", "context",
-                         "per_token_s", 1e3), title="Per-token decode latency vs context", xlabel="context tokens",
-                         ylabel="ms per token", logx=True, logy=True)
-        figs.append(Figure(path=rel(path), caption="Median time of one decode step at a growing context."))
+        path = _styled_plot(out_dir / "decode_latency_vs_context.png", pts, "context", "context", "per_token_s",
+                            1e3, title="Per-token decode latency vs context", xlabel="context tokens",
+                            ylabel="ms per token")
+        figs.append(Figure(path=rel(path), caption="Time of one decode step at a growing context (same styles)."))
     return figs
 
 
