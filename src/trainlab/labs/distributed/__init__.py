@@ -54,7 +54,7 @@ class Preset:
 _SMALL = {"vocab_size": 256, "dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "max_seq_len": 64}
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(("ddp", "fsdp", "tp"), {**_SMALL, "dim": 32, "vocab_size": 64}, steps=3, batch=2, seq=16),
-    "quick": Preset(("ddp", "zero2", "fsdp", "tp"), _SMALL, steps=4),
+    "quick": Preset(("ddp", "zero2", "fsdp", "tp"), _SMALL, steps=4, optional=("deepspeed:zero2",)),
     "full": Preset(("ddp", "zero2", "fsdp", "tp"), {**_SMALL, "dim": 128, "n_layers": 4, "vocab_size": 512},
                    steps=6, batch=8, seq=64, optional=("deepspeed:zero1", "deepspeed:zero2", "deepspeed:zero3")),
 }

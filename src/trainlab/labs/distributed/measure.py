@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainlab.distributed.comm import allreduce_bytes, reduce_scatter_bytes, strategy_volume
+from trainlab.distributed.deepspeed import PRELOAD
 from trainlab.distributed.memory import zero_components
 from trainlab.labs.distributed.runner import run_ranks
 from trainlab.labs.distributed.worker import RunSpec, reference_run, train_rank
@@ -81,12 +82,18 @@ def _row(name: str, spec: RunSpec, ref: dict[str, Any], results: list[dict[str, 
     # FSDP2's zero2 shards the parameters at rest too (it only keeps them gathered from forward to backward):
     # between steps it holds what ZeRO-3 holds, not the paper's ZeRO-2 (full parameters on every rank).
     formula_key = {"fsdp": "zero3", "zero2": "zero3"}.get(base, base) if name == base else base
-    mem_formula = zero_components(params, world, formula_key, tp_params=r0["tp_params"]) if formula_key in (
-        "ddp", "zero1", "zero2", "zero3", "tp") else {}
+    # DeepSpeed keeps an fp32 master copy of its partition beside the fp32 model: K = 8 (AdamW) + 4.
+    engine = name != base
+    per = (4.0, 4.0, 12.0) if engine else (4.0, 4.0, 8.0)
+    mem_formula = zero_components(params, world, formula_key, tp_params=r0["tp_params"], bytes_per=per) if (
+        formula_key in ("ddp", "zero1", "zero2", "zero3", "tp")) else {}
+    memory = dict(r0["memory"])
+    if engine:
+        memory["optimizer_states"] += memory.get("master_weights", 0)
     records = r0["comm"]["records"]
     model_wire = sum(int(r["wire_bytes"] or 0) for r in records if r["size_bytes"] >= SMALL)
     small_wire = sum(int(r["wire_bytes"] or 0) for r in records if r["size_bytes"] < SMALL)
-    return StrategyRow(strategy=name, max_weight_rel_diff=rel, max_loss_diff=dloss, memory=r0["memory"],
+    return StrategyRow(strategy=name, max_weight_rel_diff=rel, max_loss_diff=dloss, memory=memory,
                        memory_formula=mem_formula, comm=r0["comm"]["summary"],
                        comm_formula=_formula_comm(name, spec, params, world), wire_model_bytes=model_wire,
                        wire_small_bytes=small_wire, step_time_s=max(r["step_time_s"] for r in results),
@@ -102,8 +109,10 @@ def measure_strategies(strategies: list[str], spec: RunSpec, world: int = 2) -> 
     for name in strategies:
         t0 = time.perf_counter()
         try:
-            results = run_ranks(train_rank, world, spec=RunSpec(**{**spec.to_dict(), "strategy": name}))
-        except RuntimeError as exc:
+            preload = PRELOAD if name.startswith("deepspeed:") else ()
+            results = run_ranks(train_rank, world, spec=RunSpec(**{**spec.to_dict(), "strategy": name}),
+                                preload=preload)
+        except (RuntimeError, ImportError) as exc:
             rows.append(StrategyRow(name, float("nan"), float("nan"), {}, {}, {}, {}, 0, 0, float("nan"),
                                     time.perf_counter() - t0, error=str(exc).splitlines()[0][:300]))
             continue
