@@ -38,6 +38,15 @@ def test_lab16_tiny_runs_and_reports(tmp_path: Path) -> None:
     assert {c.verdict for c in lab.claims} <= VERDICTS and len(lab.claims) >= 7
     report = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "Lab 1.6" in report and "Ours / transformers' generate" in report
+    # the benchmark's BENCHMARKS.md section renders from the same measurement
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_decode", REPO / "benchmarks" / "bench_decode.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    md = bench.summary_markdown(data["decode"] | {"date": "today", "device": "cpu", "torch": "x", "dtype": "fp32",
+                                                 "label": "under load"})
+    assert "| ours-static | MQA |" in md and "(under load)" in md and md.count("\n| GQA-2 |") == 4
 
 
 def test_published_shapes_match_the_issue() -> None:
