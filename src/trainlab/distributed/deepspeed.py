@@ -86,6 +86,7 @@ class DeepSpeedStrategy(Strategy):
         self.cfg: Any = None
         self.engine: Any = None
         self._skeleton: nn.Module | None = None
+        self._optimizer_taken = False
 
     def validate(self, cfg: Any) -> None:
         if getattr(cfg, "precision", "fp32") == "fp16":
@@ -127,7 +128,9 @@ class DeepSpeedStrategy(Strategy):
         return getattr(model, "module", model)
 
     def build_optimizer(self, model: nn.Module, cfg: Any) -> Any:
+        """The optimizer the loop must step: DeepSpeed's ZeRO optimizer (it owns the gradient partitions)."""
         del model, cfg
+        self._optimizer_taken = True
         return self.engine.optimizer
 
     def forward(self, model: nn.Module, fn: Callable[[nn.Module], T]) -> T:
@@ -148,6 +151,10 @@ class DeepSpeedStrategy(Strategy):
     def clip_grad_norm(self, params: Sequence[nn.Parameter], max_norm: float) -> Tensor:
         # DeepSpeed clips inside its optimizer step (gradient_clipping = max_norm); this is its norm.
         del params, max_norm
+        if not self._optimizer_taken:  # a loop stepping its own optimizer would silently never update
+            raise UserError("dist.engine=deepspeed: this training loop steps an optimizer of its own, not "
+                            "DeepSpeed's (Strategy.build_optimizer); DeepSpeed would never update the weights",
+                            key="dist.engine")
         opt = self.engine.optimizer
         if self.stage == 3:
             from deepspeed.runtime.utils import combine_grad_norm_groups
