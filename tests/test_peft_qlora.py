@@ -154,3 +154,44 @@ def test_qlora_sft_run_on_gpt2_merges_into_conv1d(tmp_path: Path) -> None:
     ids = _ids(200)
     with torch.no_grad():
         torch.testing.assert_close(merged(ids), policy(ids), atol=1e-5, rtol=1e-5)
+
+
+def test_qlora_gradients_and_step_memory_match_lora_on_the_dequantized_weights() -> None:
+    """The adapters' gradients are LoRA's on the dequantized base, and the step keeps no full-precision weight for
+    the backward (it dequantizes again), so its peak is LoRA's while the base is 4.1 instead of 32 bits/weight."""
+    import torch.nn.functional as F
+
+    from trainlab.bench import measure_peak
+
+    def build(method: str):  # type: ignore[no-untyped-def]
+        model = tiny_decoder(0, vocab=256, dim=128, n_layers=2)
+        apply_peft(model, PeftConfig(method=method, r=4, alpha=8, targets="all-linear", init_seed=0))
+        return model
+
+    qlora, lora = build("qlora"), build("lora")
+    with torch.no_grad():  # the float model holds exactly the dequantized weights
+        for path, m in qlora.named_modules():
+            if isinstance(m, NF4Linear):
+                lora.get_submodule(path).weight.copy_(m.dequantize())
+    ids = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(0))
+
+    def step(model):  # type: ignore[no-untyped-def]
+        logits = model(ids)
+        F.cross_entropy(logits[:, :-1].reshape(-1, 256), ids[:, 1:].reshape(-1)).backward()
+
+    peaks = {}
+    for name, model in (("qlora", qlora), ("lora", lora)):
+        _, peak = measure_peak(lambda model=model: step(model), inputs=list(model.parameters()))
+        peaks[name] = peak.peak_bytes
+    grads = {n: p.grad for n, p in lora.named_parameters() if p.requires_grad}
+    for n, p in qlora.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, grads[n], atol=1e-5, rtol=1e-4)
+    base = {name: sum(p.numel() * p.element_size() for n, p in m.named_parameters()
+                      if "lora_" not in n and "embed" not in n and "norm" not in n) for name, m in
+            (("qlora", qlora), ("lora", lora))}
+    assert base["qlora"] / base["lora"] == pytest.approx((4 + 8 / 64) / 32, rel=0.01)
+    # saving the dequantized weights for the backward (F.linear's autograd) would add all of base["lora"] (+76%
+    # here); only one layer's dequantization temporaries may add to the peak
+    largest = max(m.in_features * m.out_features * 4 for m in qlora.modules() if isinstance(m, NF4Linear))
+    assert peaks["qlora"] - peaks["lora"] <= 3 * largest < base["lora"] / 2

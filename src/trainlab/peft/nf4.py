@@ -144,7 +144,7 @@ def dequantize_nf4(q: NF4Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     """``NF4_CODE[idx] · absmax`` in ``dtype`` with the original shape."""
     nf4 = _codes(str(q.packed.device))[0]
     n = math.prod(q.shape)
-    idx = torch.stack([q.packed >> 4, q.packed & 0xF], dim=1).reshape(-1)[:n].long()
+    idx = torch.stack([q.packed >> 4, q.packed & 0xF], dim=1).reshape(-1)[:n].int()  # int32 indices: half of long
     values = nf4[idx]
     pad = (-n) % q.block
     if pad:

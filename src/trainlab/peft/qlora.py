@@ -17,6 +17,8 @@ bitsandbytes-quantized base. Merging dequantizes: ``W = dequant(W₀) + (α/r) B
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -35,6 +37,21 @@ from trainlab.peft.registry import PeftInfo, PeftMethodSpec, register_peft_metho
 from trainlab.peft.targets import count_parameters, find_targets, freeze, is_conv1d, linear_shape, replace_module
 
 _FIELDS = ("packed", "absmax", "absmax_q", "absmax2", "offset")
+
+
+class _NF4Matmul(torch.autograd.Function):
+    """``x W̃ᵀ`` with ``W̃ = dequant(W)`` that keeps nothing for the backward but the quantized weight: the gradient
+    ``∂L/∂x = ∂L/∂y · W̃`` dequantizes again (as bitsandbytes' ``MatMul4Bit``). Saving ``W̃`` (what autograd does
+    for ``F.linear``) would hold every layer's full-precision weight until the backward and undo the saving."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, layer: NF4Linear) -> Tensor:
+        ctx.layer = layer
+        return F.linear(x, layer.dequantize(x.dtype))
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return grad @ ctx.layer.dequantize(grad.dtype), None
 
 
 class NF4Linear(nn.Module):
@@ -68,6 +85,9 @@ class NF4Linear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
+        if torch.is_grad_enabled() and x.requires_grad:
+            out = _NF4Matmul.apply(x, self)
+            return out if bias is None else out + bias
         return F.linear(x, self.dequantize(x.dtype), bias)
 
     def storage_bytes(self) -> int:
