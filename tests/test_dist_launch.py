@@ -51,10 +51,11 @@ def test_nproc_2_ddp_equals_nproc_1_and_rank_0_alone_writes(tmp_path: Path) -> N
 
 
 def test_an_error_on_the_ranks_is_one_line_naming_the_rank(tmp_path: Path) -> None:
-    # a global micro-batch of 3 does not split over 2 ranks: a UserError raised inside every worker
-    proc = _trainlab(*ARGS, "--nproc", "2", "train.batch_size=3", "--out", str(tmp_path / "bad"), cwd=tmp_path)
+    # dist.strategy=none refuses to run on 2 processes: a UserError raised inside the workers (the launcher
+    # only validates the config), before any data is built
+    proc = _trainlab(*ARGS, "--nproc", "2", "dist.strategy=none", "--out", str(tmp_path / "bad"), cwd=tmp_path)
     assert proc.returncode == 2, (proc.returncode, proc.stderr)
     assert "Traceback" not in proc.stderr
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error: rank ") and "train.batch_size" in lines[0], lines[0]
+    assert lines[0].startswith("error: rank ") and "dist.strategy=none" in lines[0], lines[0]
