@@ -155,6 +155,10 @@ class DistConfig(StrictModel):
     pp: int = Field(1, ge=1, description="pipeline-parallel degree (stages)")
     backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: nccl on CUDA, gloo on CPU")
     timeout_minutes: float = Field(10.0, gt=0, description="a collective waiting longer than this fails the run")
+    pp_schedule: Literal["1f1b", "gpipe"] = Field("1f1b", description="pipeline schedule (dist.strategy=pp): 1f1b "
+                                                  "(one forward, one backward; at most pp micro-batches of "
+                                                  "activations per stage) or gpipe (all forwards, then all "
+                                                  "backwards); micro-batches = train.grad_accum")
 
 
 class RunConfig(StrictModel):
