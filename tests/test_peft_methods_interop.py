@@ -177,3 +177,18 @@ def test_prompt_text_init_and_ia3_errors(tmp_path: Path) -> None:
         apply_peft(tiny_decoder(0), PeftConfig(method="ia3", targets=["nope"]))
     with pytest.raises(UserError, match="feed-forward"):
         apply_peft(tiny_decoder(0), PeftConfig(method="ia3", targets=["k_proj"], ia3_feedforward="down_proj"))
+
+
+def test_prefix_turns_activation_checkpointing_off(tmp_path: Path) -> None:
+    """transformers drops past_key_values in checkpointed layers: the prefix would be silently unseen (or the mask
+    and keys disagree); applying prefix tuning turns checkpointing off and says so."""
+    from trainlab.model.protocol import apply_checkpointing, hf_checkpointing
+
+    ours, _ = _pair("gpt2", tmp_path)
+    apply_checkpointing(ours, "full")
+    info = apply_peft(ours, PeftConfig(method="prefix", num_virtual_tokens=2))
+    assert not hf_checkpointing(ours.model) and "checkpointing turned off" in info.notes[0]
+    ours.train()
+    ids = _ids(ours)
+    ours(ids, torch.ones_like(ids)).sum().backward()
+    assert ours.prompt_encoder.embedding.weight.grad is not None

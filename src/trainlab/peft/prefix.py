@@ -87,10 +87,27 @@ def apply_prefix(model: nn.Module, cfg: PeftConfig) -> PeftInfo:
     projection = bool(getattr(cfg, "prefix_projection", True))
     if cfg.init_seed is not None:
         torch.manual_seed(cfg.init_seed)
+    ckpt = _checkpointing_off(model)
     attach_encoder(model, PrefixEncoder(n, d["layers"], token_dim, hidden, projection))
     how = f"reparameterized by an MLP (hidden {hidden}) while training" if projection else "trained directly"
     return _info(model, "prefix", f"{n} key/value prefixes × {d['layers']} layers × {token_dim} ({how}); "
-                                  "saved as the plain prefix")
+                                  "saved as the plain prefix" + ckpt)
+
+
+def _checkpointing_off(model: nn.Module) -> str:
+    """The prefix is a KV cache, and activation checkpointing runs without one (transformers drops
+    ``past_key_values`` under gradient checkpointing; our decoder checkpoints no cached forward): turn
+    it off and say so, rather than train a prefix the model never sees."""
+    from trainlab.model.decoder import Decoder
+    from trainlab.model.protocol import apply_checkpointing, hf_checkpointing
+
+    if isinstance(model, Decoder):
+        if model.config.checkpointing == "none":
+            return ""
+    elif not hf_checkpointing(model.model):
+        return ""
+    apply_checkpointing(model, "none")
+    return "; activation checkpointing turned off (a prefix is a KV cache, which checkpointed layers do not take)"
 
 
 def prefix_peft_config(cfg: PeftConfig, model: nn.Module) -> dict[str, Any]:

@@ -357,10 +357,15 @@ def _init_ids(model: nn.Module, cfg: PeftConfig, n: int) -> Tensor | None:
         return torch.randint(0, vocab, (n,), generator=g)
     text = getattr(cfg, "prompt_init_text", "")
     tokenizer = getattr(model, "tokenizer", None)
+    source = getattr(getattr(model, "source", None), "path", None)
+    if tokenizer is None and source is not None:  # our decoder keeps no tokenizer: its folder has one
+        from trainlab.data.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(source)
     if not text:
         raise UserError("peft.prompt_init=text needs peft.prompt_init_text", key="peft.prompt_init_text")
     if tokenizer is None:
-        raise UserError("peft.prompt_init=text needs the model's tokenizer (set model.tokenizer)",
+        raise UserError("peft.prompt_init=text needs the model's tokenizer (a model loaded from a folder with one)",
                         key="peft.prompt_init")
     ids = list(tokenizer(text)["input_ids"])
     if not ids:
