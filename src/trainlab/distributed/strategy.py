@@ -74,6 +74,12 @@ class Strategy:
     def unwrap(self, model: nn.Module) -> nn.Module:
         return model
 
+    def build_optimizer(self, model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer | None:
+        """The optimizer the loop must step when the engine owns it (DeepSpeed's ZeRO optimizer), given
+        the wrapped model; None: the loop builds its own (`trainlab.optim.build_optimizer`) after `wrap`."""
+        del model, cfg
+        return None
+
     # -- the step ----------------------------------------------------------------------------------
 
     def forward(self, model: nn.Module, fn: Callable[[nn.Module], T]) -> T:

@@ -150,6 +150,8 @@ class Trainer:
         if self.tensorboard and not train_metrics.tensorboard_available():
             raise UserError("train.report_to=tensorboard needs the tensorboard package (pip install tensorboard); "
                             "or report_to=jsonl (metrics.jsonl is always written)")
+        if optimizer is None:
+            optimizer = self.strategy.build_optimizer(self.wrapped, cfg) if self.dist is not None else None
         self.optimizer = optimizer if optimizer is not None else build_optimizer(self.model, cfg)
         if optimizer is not None and self._renamed:
             _remap_optimizer(optimizer, self._renamed)
