@@ -168,3 +168,15 @@ def test_every_alignment_method_trains_only_the_adapter(method: str, gpt2_dir: P
         torch.testing.assert_close(p, fresh.get_parameter(name.replace(".base_layer", "")), atol=0, rtol=0)
     assert len(moved) == 4  # every B moved away from its zero init: the adapters trained
     assert (tmp_path / method / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_run_or_reuse_reloads_a_peft_run_with_its_adapter(gpt2_dir: Path, pairs_file: Path, tmp_path: Path) -> None:
+    from trainlab.peft import peft_state
+    from trainlab.recipes.align import run_or_reuse
+
+    cfg = _cfg("sft", gpt2_dir, pairs_file, "peft.method=lora", "peft.r=2", "peft.targets=c_attn")
+    first = run_or_reuse("sft", cfg, gpt2_dir, tmp_path / "stage")
+    again = run_or_reuse("sft", cfg, gpt2_dir, tmp_path / "stage")
+    assert again.summary.get("reused") and peft_state(again.model) is not None
+    with torch.no_grad():
+        torch.testing.assert_close(again.model.eval()(_ids()), first.model.eval()(_ids()), atol=1e-6, rtol=1e-6)

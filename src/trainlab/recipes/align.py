@@ -278,10 +278,16 @@ def run_or_reuse(method: str, cfg: AlignRunConfig, model_path: str | Path, out_d
     out = Path(out_dir)
     key = run_key(method, cfg, model_path)
     summary_path = out / "summary.json"
-    if summary_path.is_file() and (out / "model" / "config.json").is_file():
+    if summary_path.is_file() and ((out / "model" / "config.json").is_file() or (out / "adapter").is_dir()):
         summary = read_json(summary_path)
         if summary.get("key") == key:
-            model, tokenizer = load_policy(out / "model", resolve_device(cfg.train.device))
+            if summary.get("peft"):  # a PEFT run: the input model with the saved adapter, as the run left it
+                from trainlab.peft import load_adapter
+
+                model, tokenizer = load_policy(model_path, resolve_device(cfg.train.device))
+                load_adapter(model, out / "adapter")
+            else:
+                model, tokenizer = load_policy(out / "model", resolve_device(cfg.train.device))
             summary["reused"] = True
             return AlignRun(summary=summary, model=model, tokenizer=tokenizer, data=data)
     if out.exists():
