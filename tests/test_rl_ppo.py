@@ -135,3 +135,14 @@ def test_trainlab_ppo_with_a_reward_model_forwards_four_models(
                                                     "value": 1}
     assert set(result["models"]) == {"policy", "reference", "value", "reward_model"}
     assert Path(result["model_dir"], "config.json").is_file()
+
+
+def test_trainlab_ppo_refuses_a_causal_lm_as_reward_model(base_model: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from trainlab.cli import run_cli
+
+    code = run_cli(["ppo", "--preset", "tiny", "--reward-model", str(base_model), "--out", str(tmp_path / "o"),
+                    "train.device=cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "not a reward model" in err[0] and "trainlab rm" in err[0]
+    assert not (tmp_path / "o").exists()

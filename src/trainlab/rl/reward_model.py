@@ -480,7 +480,12 @@ def load_reward_scorer(path: str | Path, device: torch.device | str = "cpu", *, 
     """
     from trainlab.align.datasets import eos_id, tokenize_completions
 
-    rm, tokenizer = load_reward_model(path, device)
+    p = Path(path)
+    if p.is_dir() and not is_reward_model_folder(p):
+        # a causal LM would get a random score head: its "rewards" would be noise
+        raise UserError("not a reward model (config.json names no *ForSequenceClassification); train one with "
+                        "trainlab rm", path=p)
+    rm, tokenizer = load_reward_model(p, device)
     rm.eval()
     pad = rm.pad_token_id if rm.pad_token_id is not None else _pad_id(tokenizer)
     eos = eos_id(tokenizer)
