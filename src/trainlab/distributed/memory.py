@@ -161,15 +161,16 @@ def measure_rank_step(model: nn.Module, optimizer: torch.optim.Optimizer, run_st
     ``p.grad`` and the optimizer's state (a strategy's ``memory_tensors``)."""
     result = RankMemory()
     tracker = LocalTensorTracker(record=False)
+    inner = getattr(optimizer, "optim", optimizer)  # ZeroRedundancyOptimizer keeps its shard's states in .optim
     with tracker:
         tracker.register(list(model.parameters()) + list(model.buffers()))
-        tracker.register(v for s in optimizer.state.values() for v in s.values() if isinstance(v, Tensor))
+        tracker.register(v for s in inner.state.values() for v in s.values() if isinstance(v, Tensor))
         tracker.reset_peak()
         run_step(_Hooks(tracker, model, result, extras))
         result.peak = tracker.peak
     own = extras(model).get("parameters") if extras is not None else None
     result.parameters = local_bytes(own if own is not None else model.parameters())
-    result.optimizer_states = local_bytes(v for s in optimizer.state.values() for v in s.values()
+    result.optimizer_states = local_bytes(v for s in inner.state.values() for v in s.values()
                                           if isinstance(v, Tensor) and v.dim() > 0)
     if extras is not None:
         result.master_weights = local_bytes(extras(model).get("master_weights", []))

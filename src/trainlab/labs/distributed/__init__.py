@@ -53,9 +53,9 @@ class Preset:
 
 _SMALL = {"vocab_size": 256, "dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "max_seq_len": 64}
 PRESETS: dict[str, Preset] = {
-    "tiny": Preset(("ddp", "fsdp", "tp"), {**_SMALL, "dim": 32, "vocab_size": 64}, steps=3, batch=2, seq=16),
-    "quick": Preset(("ddp", "zero2", "fsdp", "tp"), _SMALL, steps=4, optional=("deepspeed:zero2",)),
-    "full": Preset(("ddp", "zero2", "fsdp", "tp"), {**_SMALL, "dim": 128, "n_layers": 4, "vocab_size": 512},
+    "tiny": Preset(("ddp", "zero1", "fsdp", "tp"), {**_SMALL, "dim": 32, "vocab_size": 64}, steps=3, batch=2, seq=16),
+    "quick": Preset(("ddp", "zero1", "zero2", "fsdp", "tp"), _SMALL, steps=4, optional=("deepspeed:zero2",)),
+    "full": Preset(("ddp", "zero1", "zero2", "fsdp", "tp"), {**_SMALL, "dim": 128, "n_layers": 4, "vocab_size": 512},
                    steps=6, batch=8, seq=64, optional=("deepspeed:zero1", "deepspeed:zero2", "deepspeed:zero3")),
 }
 
@@ -128,7 +128,9 @@ def strategy_table(data: dict[str, Any]) -> Table:
                           "sent/rank KiB (wire)", "formula KiB (ring / gloo)", "collectives in the step", "step ms"],
                  rows=rows, note="Memory per rank: local storages (DTensor shards); activations: live after the first "
                  "micro-batch's forward. Sent: bytes written by the process around each collective of >= 1 KiB "
-                 "(/proc/self/io). Step times under whatever load the machine had.")
+                 "(/proc/self/io). zero1 is torch's: DDP's all-reduce, then each owner broadcasts its updated "
+                 "tensors; its optimizer shard is by whole tensors (about 1/p). Step times under whatever load the "
+                 "machine had.")
 
 
 def scale_tables(data: dict[str, Any]) -> list[Table]:

@@ -100,8 +100,8 @@ def train_rank(rank: int, world: int, spec: RunSpec) -> dict[str, Any]:
         strategy.validate(cfg)
     with track_wrap(list(model.parameters())) as wrap_mem:
         model = strategy.wrap(model)
-    build = getattr(strategy, "build_optimizer", None)
-    opt = build(model, cfg) if build is not None else build_optimizer(model, cfg)
+    build = getattr(strategy, "build_optimizer", None)  # an engine's own optimizer (DeepSpeed), else None
+    opt = (build(model, cfg) if build is not None else None) or build_optimizer(model, cfg)
     objective = CausalLMObjective()
     dp_rank, dp_world = (ctx.dp_rank, ctx.dp_world) if ctx is not None else (0, 1)
     losses, norms, times = [], [], []
