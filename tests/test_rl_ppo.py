@@ -146,3 +146,15 @@ def test_trainlab_ppo_refuses_a_causal_lm_as_reward_model(base_model: Path, tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "not a reward model" in err[0] and "trainlab rm" in err[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_ppo_with_lora_uses_the_base_as_reference_without_a_copy(base_model: Path, tmp_path: Path) -> None:
+    from trainlab.recipes.rlhf import run_ppo
+
+    (tmp_path / "rew.py").write_text("def length(completions, **kw):\n    return [len(c) / 10 for c in completions]\n")
+    s = run_ppo(_cfg("train.max_steps=2", "peft.method=lora", "peft.r=4", "rl.value_model=shared",
+                     f"rl.reward={tmp_path / 'rew.py'}:length"), base_model, tmp_path / "lora", evaluate_oracle=False)
+    assert s["models"]["reference"] == 0  # π_ref is the policy with its adapters off
+    assert s["forward_passes_per_rollout"] == {"generate": 1, "policy": 1, "reference": 1}
+    assert s["peft"]["adapter_dir"] and Path(s["peft"]["adapter_dir"], "adapter_config.json").is_file()
+    assert s["history"][-1]["grad_norm"] > 0

@@ -276,6 +276,11 @@ def run_ppo(cfg: RLRunConfig, model_dir: str | Path, out_dir: str | Path, *, res
     seed_everything(cfg.train.seed)
     policy, tokenizer = load_policy(model_dir, device)
     dropouts = disable_dropout(policy) if cfg.align.disable_dropout else {}
+    peft_info = None
+    if cfg.peft.enabled:
+        from trainlab.peft.run import apply_run_peft
+
+        peft_info = apply_run_peft(policy, cfg)  # only the adapters train; π_ref = the base, adapters off
     items, eval_records = prompt_items(cfg)
     scorer = None
     if rl.reward == "model":
@@ -285,7 +290,12 @@ def run_ppo(cfg: RLRunConfig, model_dir: str | Path, out_dir: str | Path, *, res
         check_same_tokenizer(scorer.tokenizer, tokenizer, rl.reward_model, "--reward-model")
     reward_fn = build_reward(rl.reward, reward_model=rl.reward_model, device=device, scorer=scorer)
     with PeakMemory(device, interval_s=0.02) as mem:
-        reference = frozen_reference(policy)
+        if peft_info is not None:
+            from trainlab.peft.api import ReferenceView
+
+            reference: Any = ReferenceView(policy)  # no copy: the policy with its adapters off
+        else:
+            reference = frozen_reference(policy)
         if rl.value_model == "shared":
             critic = PolicyValue(policy, head=shared_value_head(policy))
         else:
@@ -298,7 +308,8 @@ def run_ppo(cfg: RLRunConfig, model_dir: str | Path, out_dir: str | Path, *, res
             critic = PolicyValue(policy, value_model=value_model)
         counter = PassCounter()
         counter.watch("policy", policy)
-        counter.watch("reference", reference)
+        if peft_info is None:
+            counter.watch("reference", reference)
         if critic.value_model is not None:
             counter.watch("value", critic.value_model)
         if scorer is not None:
@@ -315,6 +326,7 @@ def run_ppo(cfg: RLRunConfig, model_dir: str | Path, out_dir: str | Path, *, res
                     acc = oracle_accuracy(m.policy, tokenizer, eval_records)
                 return {"oracle_accuracy": acc.overall, **{f"oracle/{t}": v for t, v in acc.per_task.items()}}
         identity = {"method": "ppo", "model": folder_fingerprint(model_dir), "reward": rl.reward,
+                    **({"peft": cfg.peft.model_dump(mode="json")} if peft_info is not None else {}),
                     **({"reward_model": folder_fingerprint(rl.reward_model)} if rl.reward_model and scorer else {})}
         run_config = dump_config(cfg) | {"method": "ppo", "model_in": str(model_dir)}
         step_passes: list[dict[str, int]] = []
@@ -337,11 +349,18 @@ def run_ppo(cfg: RLRunConfig, model_dir: str | Path, out_dir: str | Path, *, res
         result = trainer.fit(resume=resume, force=force)
         counter.close()
     model_path = value_path = None
+    peft_summary = None
     if save:
         save_dtype = resolve_save_dtype(policy, cfg.align.save_dtype)
-        model_path = save_model(policy, out / "model", tokenizer, save_dtype=save_dtype)
-        write_json(Path(model_path) / PROVENANCE_FILE, {"defaults": defaults_profile(model_dir), "method": "ppo",
-                                                        "model_in": str(model_dir)})
+        if peft_info is not None:
+            from trainlab.peft.run import save_run_peft
+
+            peft_summary, model_path = save_run_peft(policy, cfg, out, tokenizer, save_dtype, peft_info)
+        else:
+            model_path = save_model(policy, out / "model", tokenizer, save_dtype=save_dtype)
+        if model_path is not None:
+            write_json(Path(model_path) / PROVENANCE_FILE, {"defaults": defaults_profile(model_dir),
+                                                            "method": "ppo", "model_in": str(model_dir)})
         if critic.value_model is not None:
             value_path = save_reward_model(critic.value_model, out / "value", tokenizer)
     trainer.release_checkpoint()
@@ -365,6 +384,7 @@ def run_ppo(cfg: RLRunConfig, model_dir: str | Path, out_dir: str | Path, *, res
         "method": "ppo", "reward": rl.reward, "reward_model": rl.reward_model, "value_model": rl.value_model,
         "kl_ctl": rl.kl_ctl, "model_in": str(model_dir), "model_dir": str(model_path) if model_path else None,
         "value_dir": str(value_path) if value_path else None, "dropout_disabled": dropouts,
+        "peft": peft_summary if peft_summary is not None else (peft_info.to_dict() if peft_info else None),
         "steps": result.steps, "resumed_from": result.resumed_from, "final_loss": result.final_loss,
         "steps_per_rollout": rl.ppo_epochs * rl.mini_batches,
         "train_time_s": result.train_time_s, "wall_time_s": wall, "generate_time_s": gen_s,

@@ -125,17 +125,21 @@ def input_embedding(model: nn.Module) -> nn.Module:
 
 
 class PassCounter:
-    """Counts forward passes per named network (a forward hook on its input embedding)."""
+    """Counts forward passes per named network (a forward hook on its input embedding).
+
+    A PEFT policy's reference is the same network with its adapters off (`trainlab.peft.ReferenceView`): its
+    passes are told apart by `relabel`."""
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
         self.active = True
+        self.label: str | None = None
         self._handles: list[Any] = []
 
     def watch(self, name: str, model: nn.Module) -> None:
         def hit(*_: Any) -> None:
             if self.active:
-                self.counts[name] += 1
+                self.counts[self.label or name] += 1
 
         self._handles.append(input_embedding(model).register_forward_hook(hit))
 
@@ -146,6 +150,16 @@ class PassCounter:
             yield
         finally:
             self.active = before
+
+    @contextlib.contextmanager
+    def relabel(self, name: str) -> Iterator[None]:
+        """Count every pass inside the block as ``name`` (the reference when it is the policy with its
+        adapters off: the same network's embedding runs)."""
+        before, self.label = self.label, name
+        try:
+            yield
+        finally:
+            self.label = before
 
     def take(self) -> dict[str, int]:
         """The counts since the last `take` (and reset)."""
@@ -227,7 +241,9 @@ class PPOBatcher(RolloutBatcher):
             seq, att, mask = r.sequences, r.attention_mask, r.completion_mask
             with self._autocast():
                 old_logps, values = model.logps_and_values(seq, att, mask, chunk_size=self.chunk_size)
-                ref_logps = sequence_token_logps(self.reference, seq, att, mask, chunk_size=self.chunk_size)
+                relabel = self.counter.relabel("reference") if self.counter is not None else contextlib.nullcontext()
+                with relabel:
+                    ref_logps = sequence_token_logps(self.reference, seq, att, mask, chunk_size=self.chunk_size)
         finally:
             model.train(was_training)
         loss_mask = mask.clone()
