@@ -30,7 +30,7 @@ def test_lab_runs_every_method(lab: tuple[LabResult, Path]) -> None:
     assert {"none", "lora", "qlora", "adalora", "bottleneck", "prefix", "prompt", "ptuning", "ia3", "bitfit",
             "dora"} == set(rows)
     assert rows["bitfit"]["status"] == "refused" and "no bias parameters" in rows["bitfit"]["note"]
-    for m in ("none", "lora", "qlora", "bottleneck", "prefix", "prompt", "ptuning", "ia3", "dora"):
+    for m in ("none", "lora", "qlora", "adalora", "bottleneck", "prefix", "prompt", "ptuning", "ia3", "dora"):
         r = rows[m]
         assert r["status"] == "ok" and r["trainable"] > 0 and r["file_bytes"] > 0 and r["steps"] == 3, m
     full = rows["none"]
