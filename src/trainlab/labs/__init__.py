@@ -85,6 +85,10 @@ LABS: dict[str, LabSpec] = {
                 "each strategy vs one process (equivalence), memory per rank and bytes sent per rank measured vs the "
                 "ZeRO and ring formulas, step time; calc comm at scale; plan vs the seed's decision tree",
                 "trainlab.labs.distributed"),
+        LabSpec("rlhf", "RLHF and RL with verifiable rewards: RM -> PPO, GRPO, DPO from one SFT model", "001, 003",
+                "oracle accuracy of DPO, GRPO (oracle reward), RM -> PPO and RM -> GRPO from lab 1.7's SFT model; "
+                "reward and KL curves, reward hacking, training time, peak memory and networks forwarded per step; "
+                "DPO vs RLHF cost", "trainlab.labs.rlhf"),
     ]
 }
 

@@ -46,7 +46,7 @@ from trainlab.model.text import pad_id, prompt_ids, stop_token_ids
 from trainlab.rl.advantages import compute_advantages, group_stats
 from trainlab.rl.config import RLConfig, RLRunConfig
 from trainlab.rl.policy_loss import agg_count, policy_loss
-from trainlab.rl.rewards import PromptItem, RewardFn, apply_penalties, score_completions
+from trainlab.rl.rewards import PromptItem, RewardFn, apply_penalties, oracle_reward, score_completions
 from trainlab.rl.rollout import Rollout, rollout, sequence_token_logps
 from trainlab.train.objectives import Batch, ObjectiveOutput
 
@@ -179,6 +179,9 @@ class RolloutBatcher:
             r.old_logps = _logps(self.policy, r, self.autocast, self.chunk_size)  # the KL in the reward needs π_old
         adv = self._advantages(rewards.to(device), r, loss_mask)
         stats = group_stats(rewards, rl.group_size)
+        if self.reward_fn is not oracle_reward and all(it.record is not None for it in items):
+            # a learned or user reward beside the exact one: where they disagree, the policy can exploit it
+            stats["oracle_reward"] = float(oracle_reward([], texts, items).mean())
         record = {"rollout": self.rollouts, **stats, "reward_raw": float(raw.mean()),
                   "completion_length": float(r.lengths.float().mean()), "eos_rate": float(r.eos.float().mean()),
                   "generate_s": t_gen, "reward_s": t_reward, "completions": r.n}
@@ -188,7 +191,7 @@ class RolloutBatcher:
         self.rollouts += 1
         scalars = {f"{STAT}{k}": torch.tensor(float(v)) for k, v in record.items()
                    if k in ("reward", "reward_std", "frac_reward_zero_std", "completion_length", "eos_rate",
-                            "generate_s")}
+                            "generate_s", "oracle_reward")}
         seq = r.sequences
         att = r.attention_mask
         batches: list[Batch] = []
