@@ -196,3 +196,17 @@ class _StopAt:
     def on_checkpoint(self, *args: object) -> None: ...
 
     def on_fit_end(self, *args: object) -> None: ...
+
+
+def test_reward_model_with_lora_trains_adapters_and_head_and_saves_merged(base_model: Path, tmp_path: Path) -> None:
+    from trainlab.recipes.rlhf import rm_config, run_reward_model
+
+    cfg = rm_config(preset="tiny", overrides=["train.device=cpu", "train.max_steps=2", "train.eval_every=0",
+                                             "peft.method=lora", "peft.r=4"])
+    s = run_reward_model(cfg, base_model, tmp_path / "rm")
+    assert s["peft"]["method"] == "lora" and s["peft"]["merged"]
+    assert 0 < s["peft"]["trainable_params"] < s["peft"]["total_params"]
+    hf = _auto_seqcls(Path(s["model_dir"]))  # merged: a plain sequence classification folder
+    ours, tok = load_reward_model(s["model_dir"])
+    enc = tok(["sort 3 1 2: 1 2 3"], return_tensors="pt")
+    torch.testing.assert_close(ours(enc["input_ids"]), hf(**enc).logits.squeeze(-1), rtol=1e-5, atol=1e-5)

@@ -128,6 +128,13 @@ def run_reward_model(cfg: RLRunConfig, model_dir: str | Path, out_dir: str | Pat
     rm, tokenizer = load_reward_model(model_dir, device)
     if cfg.align.disable_dropout:
         disable_dropout(rm)
+    peft_info = None
+    if cfg.peft.enabled:
+        from trainlab.peft.run import apply_run_peft
+
+        # adapters in the body only: the new score head trains in full (PEFT's modules_to_save=["score"], what
+        # TRL's reward-modelling docs pair with LoRA)
+        peft_info = apply_run_peft(rm.body, cfg)
     if data is None:
         data = build_alignment_data("dpo", cfg, tokenizer, max_positions=_max_positions(rm))
     data.method = "rm"
@@ -152,11 +159,21 @@ def run_reward_model(cfg: RLRunConfig, model_dir: str | Path, out_dir: str | Pat
         with autocast_context(device, cfg.train.precision):
             memory = training_memory(rm, lambda: objective(rm, first))
         run_config = dump_config(cfg) | {"method": "rm", "model_in": str(model_dir), "data_info": data.info}
-        identity = {"method": "rm", "model": folder_fingerprint(model_dir), "data": data.train.fingerprint()}
+        identity = {"method": "rm", "model": folder_fingerprint(model_dir), "data": data.train.fingerprint(),
+                    **({"peft": cfg.peft.model_dump(mode="json")} if peft_info is not None else {})}
         trainer = Trainer(rm, objective, batcher, cfg.train, out, eval_fn=eval_fn, run_config=run_config,
                           quiet=quiet, callbacks=callbacks, identity=identity)
         result = trainer.fit(resume=resume, force=force)
-    saved = save_reward_model(rm, out / "model", tokenizer, save_dtype=cfg.align.save_dtype) if save else None
+    saved = None
+    if save:
+        # a reward model is used as a whole (AutoModelForSequenceClassification, PPO): adapters are merged
+        to_save = rm
+        if peft_info is not None:
+            from trainlab.peft.api import merge
+
+            to_save = copy.deepcopy(rm)
+            merge(to_save.body)
+        saved = save_reward_model(to_save, out / "model", tokenizer, save_dtype=cfg.align.save_dtype)
     trainer.release_checkpoint()
     final = result.eval_history[-1] if result.eval_history else {}
     peak = mem.result()
@@ -165,6 +182,7 @@ def run_reward_model(cfg: RLRunConfig, model_dir: str | Path, out_dir: str | Pat
         "model_in": str(model_dir),
         "model_dir": str(saved) if saved is not None else None,
         "kind": rm.kind,
+        "peft": peft_info.to_dict() | {"merged": saved is not None} if peft_info is not None else None,
         "pad_token_id": pad,
         "steps": result.steps,
         "resumed_from": result.resumed_from,
