@@ -27,6 +27,7 @@ def _worker(rank: int, tmp: Path) -> None:
 
     ctx = env.init(DistConfig(strategy="ddp"), "cpu")
     assert ctx is not None and ctx.world == 2 and ctx.dp_world == 2
+    assert float(env.dp_mean(torch.tensor(float(rank)))) == 0.5  # a batch statistic averaged over ranks (KTO's z0)
     for name in STRATEGIES:
         ctx.strategy = name  # one process group, three strategies in turn
         tr = trainer(tmp / name)

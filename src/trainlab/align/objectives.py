@@ -215,7 +215,9 @@ class KTOObjective:
                 kl_logps = sequence_logps(model, batch["kl_input_ids"], batch["kl_labels"],
                                           batch.get("kl_attention_mask"), chunk_size=self.chunk_size).sum
             ref_kl = _reference(batch, self.reference, "ref_kl_logps", "kl_").to(kl_logps.device)
-            z0 = (kl_logps - ref_kl).mean().clamp(min=0)
+            from trainlab.distributed.env import dp_mean  # distributed: the mean over ranks, as TRL gathers it
+
+            z0 = dp_mean((kl_logps - ref_kl).mean()).clamp(min=0)
         else:
             z0 = torch.zeros((), device=logps.sum.device)
         desirable = batch["label"].bool()

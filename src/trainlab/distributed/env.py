@@ -208,3 +208,15 @@ def use_context(ctx: DistContext | None) -> None:
     """Set the current context by hand (tests that spawn processes and build the group themselves)."""
     global _CURRENT
     _CURRENT = ctx
+
+
+def dp_mean(value: torch.Tensor) -> torch.Tensor:
+    """The mean of a detached batch statistic over the data-parallel ranks (identity for one process):
+    e.g. KTO's reference point z₀, which TRL gathers over processes (``gather_for_metrics(kl).mean()``).
+    Every rank must call it at the same point (it is an all-reduce)."""
+    ctx = _CURRENT
+    if ctx is None:
+        return value
+    t = value.detach().to(ctx.comm_device, torch.float32).clone()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM, group=ctx.dp_group)
+    return (t / ctx.dp_world).to(value.device, value.dtype)
