@@ -72,14 +72,16 @@ def test_ppo_counts_forward_passes_per_model(base_model: Path, tmp_path: Path) -
     separate = run_ppo(_cfg("train.max_steps=4", f"rl.reward={tmp_path / 'rew.py'}:length"), base_model,
                        tmp_path / "separate", evaluate_oracle=False)
     assert separate["forward_passes_per_rollout"] == {"generate": 1, "policy": 1, "reference": 1, "value": 1}
-    assert separate["forward_passes_per_step"] == {"policy": 1, "value": 1}
+    assert separate["forward_passes_per_update"] == {"policy": 1, "value": 1}
+    assert separate["forward_passes_per_step"] == {"generate": 1, "policy_old": 1, "reference": 1, "value": 1,
+                                                   "policy_train": 1, "value_train": 1}
     assert separate["steps_per_rollout"] == 4 and len(separate["reward_curve"]) == 1
     assert separate["history"][-1]["grad_norm"] > 0  # the update did something
     shared = run_ppo(_cfg("train.max_steps=1", "rl.value_model=shared"), base_model, tmp_path / "shared",
                      evaluate_oracle=False)
     # one pass of the policy gives both the log-probs and the values
     assert shared["forward_passes_per_rollout"] == {"generate": 1, "policy": 1, "reference": 1}
-    assert shared["forward_passes_per_step"] == {"policy": 1}
+    assert shared["forward_passes_per_update"] == {"policy": 1}
     assert shared["value_dir"] is None
 
 

@@ -138,8 +138,9 @@ def ppo(
     shown = {k: result[k] for k in ("method", "reward", "model_in", "model_dir", "value_dir", "steps",
                                     "steps_per_rollout", "final_loss", "train_time_s", "wall_time_s",
                                     "generate_time_s", "update_time_s", "peak_memory", "forward_passes_per_step",
-                                    "forward_passes_per_rollout", "models", "reward_curve", "kl_curve",
-                                    "kl_coef_curve", "accuracy")}
+                                    "forward_passes_per_rollout", "forward_passes_per_update",
+                                    "models_forwarded", "models", "reward_curve", "kl_curve", "kl_coef_curve",
+                                    "accuracy")}
     _emit(shown, as_json)
     if not as_json:
         acc = result["accuracy"]

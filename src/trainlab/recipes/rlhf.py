@@ -272,9 +272,12 @@ def run_ppo(cfg: RLRunConfig, model_dir: str | Path, out_dir: str | Path, *, res
     Summary keys: ``model_dir`` (the saved policy), ``value_dir``, ``accuracy`` (oracle accuracy on held-out
     task prompts, ``overall`` and ``per_task``), ``rollouts`` (per rollout: ``reward``, ``kl``, ``kl_coef``,
     ``completion_length``, ``passes``...), ``reward_curve``, ``kl_curve``, ``history`` (per logged step:
-    loss, pg_loss, vf_loss, clip ratios, reward, kl), ``forward_passes_per_step`` (counted, per network,
-    mean per optimizer step, sampling counted as one ``generate``), ``forward_passes_per_rollout``,
-    ``models`` (the networks held and their parameter bytes), ``wall_time_s``, ``train_time_s``,
+    loss, pg_loss, vf_loss, clip ratios, reward, kl), forward passes counted per network (sampling counted
+    as one ``generate``): ``forward_passes_per_rollout`` (mean per rollout), ``forward_passes_per_update`` (mean
+    per optimizer step) and ``forward_passes_per_step`` (the GRPO recipe's keys: ``generate``, ``policy_old``,
+    ``reference``, ``reward_model``, ``value`` once per rollout, ``policy_train`` and ``value_train`` per
+    optimizer step; a rollout serves ``steps_per_rollout`` steps), ``models_forwarded`` (the networks run
+    for every sample), ``models`` (the networks held and their parameter bytes), ``wall_time_s``, ``train_time_s``,
     ``generate_time_s``, ``update_time_s``, ``peak_memory`` / ``peak_mem_bytes``.
     """
     from trainlab.align.config import PROVENANCE_FILE
@@ -409,7 +412,9 @@ def run_ppo(cfg: RLRunConfig, model_dir: str | Path, out_dir: str | Path, *, res
         "reward_time_s": reward_s, "update_time_s": max(result.train_time_s - gen_s - reward_s, 0.0),
         "cost_s": result.train_time_s,
         "completions": sum(h["completions"] for h in rollouts),
-        "forward_passes_per_step": per_step, "forward_passes_per_rollout": per_rollout,
+        "forward_passes_per_step": {**{"policy_old" if k == "policy" else k: v for k, v in per_rollout.items()},
+                                    **{f"{k}_train": v for k, v in per_step.items()}},
+        "forward_passes_per_rollout": per_rollout, "forward_passes_per_update": per_step,
         "models_forwarded": sorted(k for k in {**per_rollout, **per_step} if k != "generate"),
         "models": models, "peak_memory": peak, "peak_mem_bytes": int(peak["peak_bytes"]), "device": str(device),
         "rollouts": rollouts, "reward_curve": [h["reward"] for h in rollouts],

@@ -263,7 +263,7 @@ class PPOBatcher(RolloutBatcher):
         self.kl.update(seq_kl, r.n)
         passes = self.counter.take() if self.counter is not None else {}
         record = {"rollout": self.rollouts, "reward": float(score.mean()), "reward_raw": float(raw.mean()),
-                  "score": float(raw.mean()), "kl": seq_kl, "kl_coef": beta,
+                  "score": float(raw.mean()), "kl": seq_kl, "kl_ref": seq_kl, "kl_coef": beta,
                   "non_score_reward": float((-beta * kl).sum(dim=1).mean()),
                   "value_mean": float(values.sum() / m.sum().clamp(min=1)),
                   "return_mean": float(returns.sum() / m.sum().clamp(min=1)),
