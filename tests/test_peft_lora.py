@@ -46,7 +46,7 @@ class Case:
 
     @property
     def id(self) -> str:
-        extra = "-".join(f"{k}" for k in self.extra)
+        extra = "-".join([f"{k}" for k in self.extra] + (["regex"] if str(self.targets).startswith("re:") else []))
         return f"{self.method}-{self.arch}" + (f"-{extra}" if extra else "")
 
 
@@ -59,6 +59,8 @@ CASES = [
     Case("dora", "decoder", ["q_proj", "o_proj", "up_proj"]),
     Case("dora", "gpt2"),
     Case("dora", "qwen2", ["k_proj", "gate_proj"]),
+    Case("lora", "decoder", r"re:model\.layers\.1\..*_proj"),  # a pattern over HF Llama paths: layer 1 only
+    Case("dora", "gpt2", r"re:.*\.mlp\.c_proj"),
     Case("adalora", "decoder", ["q_proj", "down_proj"]),
     Case("adalora", "gpt2"),
     Case("adalora", "llama", ["v_proj", "up_proj"]),
@@ -111,11 +113,12 @@ def _cfg(case: Case) -> PeftConfig:
 
 
 def _peft_config(case: Case) -> Any:
-    """The same adapter as `_cfg`, in HF PEFT's terms."""
+    """The same adapter as `_cfg`, in HF PEFT's terms (a string target is PEFT's full-match pattern)."""
+    targets = case.targets.removeprefix("re:") if isinstance(case.targets, str) else case.targets
     if case.method == "adalora":
-        return peft.AdaLoraConfig(init_r=4, target_r=2, total_step=10, lora_alpha=8, target_modules=case.targets,
+        return peft.AdaLoraConfig(init_r=4, target_r=2, total_step=10, lora_alpha=8, target_modules=targets,
                                   task_type="CAUSAL_LM")
-    return peft.LoraConfig(r=4, lora_alpha=8, target_modules=case.targets, use_dora=case.method == "dora",
+    return peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets, use_dora=case.method == "dora",
                            use_rslora=case.extra.get("rslora", False), task_type="CAUSAL_LM")
 
 

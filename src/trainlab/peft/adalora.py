@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from trainlab.errors import UserError
 from trainlab.peft import hf_format
-from trainlab.peft.config import ALL_LINEAR, PeftConfig
+from trainlab.peft.config import PeftConfig
 from trainlab.peft.lora import base_weight, fold_into_base, lora_from_peft, make_generator
 from trainlab.peft.registry import PeftInfo, PeftMethodSpec, register_peft_method
 from trainlab.peft.targets import count_parameters, find_targets, freeze, is_conv1d, linear_shape, replace_module
@@ -325,9 +325,8 @@ def merge_adalora(model: nn.Module) -> None:
 
 def adalora_from_peft(c: dict[str, Any]) -> PeftConfig:
     base = lora_from_peft({k: v for k, v in c.items() if k != "rank_pattern"}, method="adalora")
-    targets = c.get("target_modules") or ALL_LINEAR
     return base.model_copy(update={
-        "r": int(c.get("target_r", 8)), "targets": targets if isinstance(targets, str) else list(targets),
+        "r": int(c.get("target_r", 8)),
         "adalora_init_r": int(c.get("init_r", 12)), "adalora_tinit": int(c.get("tinit", 0)),
         "adalora_tfinal": int(c.get("tfinal", 0)), "adalora_delta_t": int(c.get("deltaT", 1)),
         "adalora_beta1": float(c.get("beta1", 0.85)), "adalora_beta2": float(c.get("beta2", 0.85)),

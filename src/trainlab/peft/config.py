@@ -11,6 +11,7 @@ Methods add their own fields here, prefixed by the method where they are not sha
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -20,6 +21,9 @@ PeftMethodName = Literal["none", "lora", "dora", "qlora", "adalora", "ia3", "bot
 
 #: ``targets`` shorthand: every Linear (and GPT-2 Conv1D) layer except the LM head, as PEFT's "all-linear".
 ALL_LINEAR = "all-linear"
+#: ``targets`` as a regular expression: ``re:<pattern>`` full-matched against the (HF) module path, as PEFT does
+#: with a string ``target_modules``
+REGEX_PREFIX = "re:"
 
 
 class PeftConfig(BaseModel):
@@ -34,7 +38,8 @@ class PeftConfig(BaseModel):
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter's input (lora_dropout)")
     targets: str | list[str] = Field(
         ALL_LINEAR, description="'all-linear' (every Linear/Conv1D but the LM head) or module names "
-        "(comma-separated or a list), matched as PEFT does: the full module path or its last components")
+        "(comma-separated or a list), matched as PEFT does: the full module path or its last components; "
+        "'re:<pattern>': a regular expression full-matching the transformers module path (PEFT's string form)")
     rslora: bool = Field(False, description="rank-stabilized LoRA: scale alpha/sqrt(r) (Kalajdzievski, 2023)")
     merge: bool = Field(False, description="also write out/model: the adapter merged into the base weights")
     init_seed: int | None = Field(None, description="seed of the adapter init; None: train.seed")
@@ -72,6 +77,12 @@ class PeftConfig(BaseModel):
     @field_validator("targets", mode="before")
     @classmethod
     def _split_targets(cls, value: object) -> object:
+        if isinstance(value, str) and value.startswith(REGEX_PREFIX):
+            try:  # a bad pattern is a config error now, not at apply time
+                re.compile(value[len(REGEX_PREFIX):])
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression: {exc}") from None
+            return value
         if isinstance(value, str) and value.strip().lower() != ALL_LINEAR:
             names = [v.strip() for v in value.split(",") if v.strip()]
             if not names:

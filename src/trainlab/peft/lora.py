@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from trainlab.errors import UserError
 from trainlab.peft import hf_format
-from trainlab.peft.config import ALL_LINEAR, PeftConfig
+from trainlab.peft.config import ALL_LINEAR, REGEX_PREFIX, PeftConfig
 from trainlab.peft.registry import PeftInfo, PeftMethodSpec, register_peft_method
 from trainlab.peft.targets import count_parameters, find_targets, freeze, is_conv1d, linear_shape, replace_module
 
@@ -112,8 +112,6 @@ def make_generator(cfg: PeftConfig, device: torch.device | str = "cpu") -> torch
 
 def inject(model: nn.Module, cfg: PeftConfig, layer_cls: type[LoraLinear], method: str) -> PeftInfo:
     """Freeze ``model`` and wrap each target of ``cfg.targets`` in ``layer_cls``."""
-    if cfg.targets != ALL_LINEAR and isinstance(cfg.targets, str):
-        raise UserError(f"peft.targets={cfg.targets!r}", key="peft.targets")
     targets = find_targets(model, cfg.targets)
     freeze(model)
     generator = None
@@ -216,9 +214,8 @@ def lora_from_peft(adapter_config: dict[str, Any], method: str = "lora") -> Peft
     if c.get("layers_to_transform") is not None:
         raise UserError("adapter_config.json: layers_to_transform is not supported by trainlab")
     targets = c.get("target_modules")
-    if isinstance(targets, str) and targets.lower() != ALL_LINEAR:
-        raise UserError(f"adapter_config.json: target_modules as a regular expression ({targets!r}) is not "
-                        "supported; give a list of module names")
+    if isinstance(targets, str) and targets.lower() != ALL_LINEAR:  # PEFT: a string is a full-match pattern
+        targets = REGEX_PREFIX + targets
     return PeftConfig(method=method, r=int(c["r"]), alpha=float(c.get("lora_alpha", 8)),  # type: ignore[arg-type]
                       dropout=float(c.get("lora_dropout", 0.0)), targets=targets or ALL_LINEAR,
                       rslora=bool(c.get("use_rslora", False)))

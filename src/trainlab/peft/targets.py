@@ -11,12 +11,13 @@ in an `HFCausalLM`); `trainlab.peft.hf_format` maps them to the HF model's.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from torch import nn
 
 from trainlab.errors import UserError
-from trainlab.peft.config import ALL_LINEAR
+from trainlab.peft.config import ALL_LINEAR, REGEX_PREFIX
 
 
 def conv1d_class() -> type | None:
@@ -87,6 +88,8 @@ def find_targets(model: nn.Module, targets: str | Iterable[str], *,
             raise UserError("all-linear: the model has no Linear layer besides its LM head",
                             key="peft.targets")
         return found
+    if isinstance(targets, str) and targets.startswith(REGEX_PREFIX):
+        return _regex_targets(model, named, targets[len(REGEX_PREFIX):], kinds)
     names = [targets] if isinstance(targets, str) else list(targets)
     found, unmatched = [], []
     for target in names:
@@ -105,6 +108,27 @@ def find_targets(model: nn.Module, targets: str | Iterable[str], *,
     order = {n: i for i, (n, _) in enumerate(named)}
     unique = {n: m for n, m in found}
     return sorted(unique.items(), key=lambda item: order[item[0]])
+
+
+def _regex_targets(model: nn.Module, named: list[tuple[str, nn.Module]], pattern: str,
+                   kinds: tuple[type, ...]) -> list[tuple[str, nn.Module]]:
+    """Modules whose transformers path full-matches ``pattern`` (PEFT: ``re.fullmatch(target_modules, key)``)."""
+    from trainlab.peft.hf_format import hf_module_path
+
+    def hf_path(path: str) -> str:
+        try:
+            return hf_module_path(model, path)
+        except KeyError:
+            return path
+
+    found = [(n, m) for n, m in named if re.fullmatch(pattern, hf_path(n)) and not n.endswith(".base_layer")]
+    wrong = [n for n, m in found if not isinstance(m, kinds)]
+    if wrong:
+        raise UserError(f"{REGEX_PREFIX}{pattern} selects {wrong[0]}, a {type(dict(found)[wrong[0]]).__name__}, not a "
+                        f"layer this method adapts", key="peft.targets")
+    if not found:
+        raise UserError(f"{REGEX_PREFIX}{pattern} matches no module of this model", key="peft.targets")
+    return found
 
 
 def replace_module(model: nn.Module, path: str, new: nn.Module) -> None:
