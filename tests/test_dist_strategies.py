@@ -5,7 +5,8 @@ distributed runs use the same loop with ``dist.strategy`` set. Examples have une
 prompt masks, so the ranks' token counts differ (the global count normalises the loss); accumulation
 is 2 micro-batches and clipping at 0.05 scales every step (global norm). One spawn of 2 processes
 runs the three strategies, then checks checkpoints: an FSDP run stopped at step 2 (DCP checkpoint)
-resumes on 2 ranks and, in this process, on 1, both ending with the uninterrupted run's weights.
+resumes on 2 ranks and, in this process, on 1, both ending with the uninterrupted run's weights; a
+one-process ``checkpoint.pt`` resumes on 2 FSDP ranks.
 """
 
 from __future__ import annotations
@@ -49,11 +50,18 @@ def _worker(rank: int, tmp: Path) -> None:
     got = outcome(tr, result)
     if rank == 0:
         torch.save(got | {"resumed_from": result.resumed_from}, tmp / "resume2.pt")
+    # a one-process checkpoint.pt (written by the test) resumed on 2 FSDP ranks
+    tr = trainer(tmp / "file")
+    result = tr.fit(resume=True)
+    got = outcome(tr, result)
+    if rank == 0:
+        torch.save(got | {"resumed_from": result.resumed_from}, tmp / "from_file.pt")
 
 
 def test_strategies_equal_one_process_and_resume_across_world_sizes(tmp_path: Path) -> None:
     reference = trainer(tmp_path / "one")
     ref = outcome(reference, reference.fit())
+    trainer(tmp_path / "file", stop_at=2, keep_checkpoint=True).fit()  # one process stops at step 2
     spawn(_worker, 2, tmp_path)
     for name in STRATEGIES:
         got = torch.load(tmp_path / f"{name}.pt", weights_only=True)
@@ -78,3 +86,8 @@ def test_strategies_equal_one_process_and_resume_across_world_sizes(tmp_path: Pa
     assert rel_diff(outcome(one, result)["weights"], ref["weights"]) < 1e-5
     # it wrote a single-process checkpoint and removed the distributed one
     assert (tmp_path / "ck1" / "checkpoint.pt").is_file() and not (tmp_path / "ck1" / DCP_NAME).exists()
+    # and the other way: a one-process checkpoint.pt resumed on 2 FSDP ranks (then saved as checkpoint.dcp)
+    from_file = torch.load(tmp_path / "from_file.pt", weights_only=True)
+    assert from_file["resumed_from"] == 2
+    assert rel_diff(from_file["weights"], ref["weights"]) < 1e-5
+    assert (tmp_path / "file" / DCP_NAME).is_dir() and not (tmp_path / "file" / "checkpoint.pt").exists()
