@@ -9,7 +9,10 @@ on the same loaded model, and ``--clients`` threads each send one streaming ``/v
 request at once (the held-out task prompts of the embedded tasks, greedy, ``--max-tokens`` new
 tokens, eos or ``length``). Measured: every request answered (stream ended with ``[DONE]``, no
 error), wall time from the first request to the last ``[DONE]``, requests/s and generated tokens/s
-(the usage chunk's counts), and the batches the server decoded. Loopback only. ``--random-llama``
+(the usage chunk's counts), the prefills ("batches": groups of requests that joined together), the decode
+steps, the most rows decoded at once, and the requests that joined a batch already running (continuous
+batching). ``--varied`` gives client ``i`` ``max_tokens · (i mod 4 + 1) / 4`` new tokens (short and long
+answers mixed: where continuous batching pays, a finished row leaving at once). Loopback only. ``--random-llama``
 serves a randomly initialised 3.7 M-parameter Llama (4 layers, width 256, GQA 8/2, the embedded
 tokenizer; served by trainlab's decoder) built in a temporary folder: it never emits eos, so every
 request decodes ``--max-tokens``.
@@ -44,7 +47,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run(engine: Any, prompts: list[str], *, max_batch: int, max_tokens: int) -> dict[str, Any]:
+def run(engine: Any, prompts: list[str], *, max_batch: int, max_tokens: int, varied: bool = False) -> dict[str, Any]:
     import httpx
     import uvicorn
 
@@ -59,8 +62,9 @@ def run(engine: Any, prompts: list[str], *, max_batch: int, max_tokens: int) -> 
         time.sleep(0.02)
     url = f"http://127.0.0.1:{port}/v1/completions"
 
-    def one(prompt: str) -> tuple[bool, int]:
-        body = {"model": engine.name, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+    def one(i: int) -> tuple[bool, int]:
+        budget = max(1, max_tokens * (i % 4 + 1) // 4) if varied else max_tokens
+        body = {"model": engine.name, "prompt": prompts[i], "max_tokens": budget, "temperature": 0, "stream": True,
                 "stream_options": {"include_usage": True}}
         with httpx.stream("POST", url, json=body, timeout=600) as r:
             lines = [line for line in r.iter_lines() if line]
@@ -71,7 +75,7 @@ def run(engine: Any, prompts: list[str], *, max_batch: int, max_tokens: int) -> 
     try:
         start = time.perf_counter()
         with ThreadPoolExecutor(len(prompts)) as pool:
-            results = list(pool.map(one, prompts))
+            results = list(pool.map(one, range(len(prompts))))
         wall = time.perf_counter() - start
     finally:
         server.should_exit = True
@@ -80,7 +84,8 @@ def run(engine: Any, prompts: list[str], *, max_batch: int, max_tokens: int) -> 
     tokens = sum(t for _, t in results)
     return {"max_batch": max_batch, "clients": len(prompts), "answered": sum(ok for ok, _ in results),
             "wall_s": wall, "requests_per_s": len(prompts) / wall, "tokens_per_s": tokens / wall,
-            "tokens": tokens, "batches": stats.batches, "largest": stats.largest}
+            "tokens": tokens, "batches": stats.batches, "steps": stats.steps, "largest": stats.largest,
+            "joined": stats.joined, "varied": varied}
 
 
 def _random_llama(folder: Path) -> Path:
@@ -110,6 +115,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--max-batch", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--random-llama", action="store_true", help="serve a random 3.7 M-parameter Llama")
+    parser.add_argument("--varied", action="store_true", help="mixed answer lengths (see the module docstring)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
 
@@ -133,23 +139,25 @@ def main() -> None:
     engine = Engine(model, tok, name="bench")
     prompts = _prompts(args.clients)
     run(engine, prompts[:2], max_batch=2, max_tokens=2)  # warm-up
-    rows = [run(engine, prompts, max_batch=b, max_tokens=args.max_tokens) for b in args.max_batch]
+    rows = [run(engine, prompts, max_batch=b, max_tokens=args.max_tokens, varied=args.varied) for b in args.max_batch]
     env = detect_env().to_dict()
     device = str(env.get("gpu_name") or f"CPU {env.get('cpu_name')}, {env.get('cpu_count')} cores")
     lines = [f"Serving {name} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters) on "
              f"{device}, torch {env.get('torch_version')}: {args.clients} concurrent streaming clients, greedy, "
-             f"{args.max_tokens} new tokens at most.", "",
-             "| max batch | answered | wall s | requests/s | tokens/s | batches | largest batch |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             f"{args.max_tokens} new tokens at most" + (" (client i: max_tokens·(i mod 4 + 1)/4)" if args.varied
+                                                         else "") + ".", "",
+             "| max batch | answered | wall s | requests/s | tokens/s | prefills | decode steps | largest batch | "
+             "joined a running batch |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| {r['max_batch']} | {r['answered']}/{r['clients']} | {r['wall_s']:.2f} | "
-                     f"{r['requests_per_s']:.1f} | {r['tokens_per_s']:.0f} | {r['batches']} | {r['largest']} |")
+                     f"{r['requests_per_s']:.1f} | {r['tokens_per_s']:.0f} | {r['batches']} | {r['steps']} | "
+                     f"{r['largest']} | {r['joined']} |")
     text = "\n".join(lines) + "\n"
     scratch.cleanup()
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
     slug = "".join(c if c.isalnum() else "_" for c in device.lower()).strip("_")[:60]
-    (RESULTS / f"serve_{name}_{slug}.md").write_text(text, encoding="utf-8")
+    (RESULTS / f"serve_{name}{'_varied' if args.varied else ''}_{slug}.md").write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":
