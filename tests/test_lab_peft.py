@@ -60,6 +60,9 @@ def test_claim_verdicts_follow_the_numbers() -> None:
     assert claims["LoRA matches full fine-tuning at less memory"] == "consistent"
     assert claims["Prompt tuning lags far behind LoRA"] == "consistent"
     assert claims["Double quantization saves ~0.37 bits per parameter"] == "consistent"
+    rows[2] = _row("prompt", 8, 900, 0.40, 1.11, 8)  # behind LoRA, but by less than 10 points: partly
+    claims = {c.claim.split(" (")[0]: c.verdict for c in peft_claims(rows, bits, 80, "test")}
+    assert claims["Prompt tuning lags far behind LoRA"] == "partly"
     rows[1] = _row("lora", 80, 3900, 0.10, 1.1, 80)  # worse and barely smaller: not reproduced / partly
     claims = {c.claim.split(" (")[0]: c.verdict for c in peft_claims(rows, bits, 81, "test")}
     assert claims["LoRA trains r(d + k) parameters per d×k matrix"] == "not reproduced"

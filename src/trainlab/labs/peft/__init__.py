@@ -194,15 +194,17 @@ def peft_claims(rows: list[MethodRow], bits: dict[str, float], lora_formula: int
             why="same data, steps and batch; LoRA at a 5x learning rate; 'matches' = within 5 points of accuracy "
                 "(or 5% of the loss)"))
         if prompt is not None:
-            worse = _quality(prompt, by_acc) < q_lora
+            gap = q_lora - _quality(prompt, by_acc)  # > 0: prompt tuning is worse
+            far = 0.10 if by_acc else 0.05 * abs(lora.heldout_loss)  # 10 points, or 5% of the loss
             claims.append(Claim(
                 claim="Prompt tuning lags far behind LoRA (Llama-3.2-3B: 0.057 vs 0.478)",
                 source="HF PEFT method comparison",
                 measured=(f"oracle accuracy prompt tuning {prompt.accuracy:.1%} vs LoRA {lora.accuracy:.1%}" if by_acc
                           else f"held-out loss prompt tuning {prompt.heldout_loss:.3f} vs LoRA "
                                f"{lora.heldout_loss:.3f}"),
-                verdict="consistent" if worse else "not reproduced",
-                why=f"{prompt.trainable:,} prompt parameters against LoRA's {lora.trainable:,}"))
+                verdict="consistent" if gap >= far else "partly" if gap > 0 else "not reproduced",
+                why=f"{prompt.trainable:,} prompt parameters against LoRA's {lora.trainable:,}; 'far' = 10 points of "
+                    "accuracy (or 5% of the loss), behind but closer is 'partly'"))
     saved = bits["without"] - bits["with_double_quant"]
     claims.append(Claim(
         claim="Double quantization saves ~0.37 bits per parameter", source="Dettmers et al., 2023 (QLoRA)",
