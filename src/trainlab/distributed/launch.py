@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -98,6 +99,7 @@ def strip_nproc(argv: list[str]) -> tuple[int | None, list[str]]:
 
 def launch(nproc: int, argv: list[str]) -> int:
     """Run ``python -m trainlab <argv>`` on ``nproc`` local ranks under torchrun; return the exit code."""
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import elastic_launch
     from torch.distributed.run import config_from_args, parse_args
@@ -112,20 +114,25 @@ def launch(nproc: int, argv: list[str]) -> int:
                        f"--nproc-per-node={nproc}", "--monitor-interval=0.1", "-m", "trainlab", *argv])
     config, cmd, cmd_args = config_from_args(args)
     config.signals_to_handle = "SIGTERM,SIGHUP,SIGQUIT"  # SIGINT goes to the ranks: they save and stop
+    # ranks other than 0 write their console output (library warnings, a crash's traceback) to files
+    logs = Path(tempfile.mkdtemp(prefix="trainlab-ranks-"))
+    config.logs_specs = DefaultLogsSpecs(log_dir=str(logs), redirects={r: Std.ALL for r in range(1, nproc)})
     errors = Path(tempfile.mkdtemp(prefix="trainlab-errors-"))
     os.environ[ERROR_DIR_ENV] = str(errors)
     previous = signal.signal(signal.SIGINT, _forward_sigint)
+    keep_logs = False
     try:
         elastic_launch(config, cmd)(*cmd_args)
         return 0
     except ChildFailedError as exc:
-        return _report(exc, errors)
+        code, keep_logs = _report(exc, errors, logs)
+        return code
     finally:
         signal.signal(signal.SIGINT, previous)
         os.environ.pop(ERROR_DIR_ENV, None)
-        for f in errors.iterdir():
-            f.unlink()
-        errors.rmdir()
+        shutil.rmtree(errors, ignore_errors=True)
+        if not keep_logs:
+            shutil.rmtree(logs, ignore_errors=True)
 
 
 def _children() -> list[int]:
@@ -149,23 +156,40 @@ def _forward_sigint(signum: int, frame: object) -> None:
             os.kill(pid, signum)
 
 
-def _report(exc: object, errors: Path) -> int:
-    """Print the first rank's recorded error line; return its exit code."""
+def _report(exc: object, errors: Path, logs: Path) -> tuple[int, bool]:
+    """Print the first rank's recorded error line; return its exit code and whether to keep the ranks'
+    output files (a rank that ended without a message: they are all there is)."""
     failures = getattr(exc, "failures", {}) or {}
     codes = {int(getattr(f, "rank", r)): int(getattr(f, "exitcode", 1)) for r, f in failures.items()}
     recorded = sorted(errors.glob("rank*.txt"), key=lambda p: p.stat().st_mtime_ns)
+    # a rank killed by a signal (not the agent's SIGTERM) had no chance to say why, and its peers' errors
+    # ("connection reset by peer") are consequences: it is the cause
+    killed = {r: c for r, c in codes.items() if c < 0 and -c not in (signal.SIGTERM, signal.SIGINT)
+              and not (errors / f"rank{r}.txt").exists()}
+    if killed:
+        rank, code = min(killed.items())
+        sys.stderr.write(f"error: rank {rank} was killed by {_signal_name(-code)} (no message; the other ranks' "
+                         f"output: {logs})\n")
+        return 1, True
     if recorded:
         first = recorded[0]
         rank = int(first.stem.removeprefix("rank"))
         sys.stderr.write(first.read_text(encoding="utf-8").rstrip("\n") + "\n")
-        return codes.get(rank, 1) if codes.get(rank, 1) > 0 else 1
+        return (codes.get(rank, 1) if codes.get(rank, 1) > 0 else 1), False
     interrupted = [c for c in codes.values() if c == 130]
     if interrupted:
-        return 130
+        return 130, False
     rank, code = min(codes.items()) if codes else (0, 1)
-    how = f"signal {-code}" if code < 0 else f"exit code {code}"
-    sys.stderr.write(f"error: rank {rank} ended with {how} (no message; run with torchrun to see its output)\n")
-    return 1
+    how = _signal_name(-code) if code < 0 else f"exit code {code}"
+    sys.stderr.write(f"error: rank {rank} ended with {how} without a message (the other ranks' output: {logs})\n")
+    return 1, True
+
+
+def _signal_name(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"
 
 
 def worker_main(run: object) -> int:
