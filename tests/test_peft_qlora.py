@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests._hf_tiny import hf_model_dir
+from tests._hf_tiny import hf_model_dir, make_model, make_tokenizer
 from tests._tiny import tiny_decoder
 from trainlab.model.protocol import load_model
 from trainlab.peft import PeftConfig, adapters_disabled, apply_peft, load_adapter, merge, save_adapter
@@ -52,6 +52,7 @@ def test_nf4_roundtrip_error_and_storage() -> None:
     assert saved == pytest.approx(0.373, abs=1e-3)
 
 
+@pytest.mark.slow  # importing bitsandbytes takes ~5-10 s on a loaded CPU (once per process)
 @pytest.mark.parametrize("double_quant", [False, True])
 def test_nf4_matches_bitsandbytes(double_quant: bool) -> None:
     bnb = pytest.importorskip("bitsandbytes.functional")
@@ -195,3 +196,37 @@ def test_qlora_gradients_and_step_memory_match_lora_on_the_dequantized_weights()
     # here); only one layer's dequantization temporaries may add to the peak
     largest = max(m.in_features * m.out_features * 4 for m in qlora.modules() if isinstance(m, NF4Linear))
     assert peaks["qlora"] - peaks["lora"] <= 3 * largest < base["lora"] / 2
+
+
+@pytest.mark.slow
+def test_qlora_adapter_on_a_bitsandbytes_4bit_base_gives_our_logits(tmp_path: Path) -> None:
+    """The QLoRA setup of PEFT + bitsandbytes (load_in_4bit, nf4, double quantization, fp32 compute) with our
+    adapter computes what our NF4 base + LoRA computes: the same 4-bit weights, the same adapter."""
+    pytest.importorskip("bitsandbytes")
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    # 64 wide: bitsandbytes 0.50's CPU dequantization kernel misplaces the absmax of rows shorter than a block
+    # (in_features < 64: 3x our error on a 32-wide model); real models' rows are thousands wide
+    tok = make_tokenizer("llama")
+    folder = tmp_path / "llama"
+    make_model("llama", tok, dim=64, positions=64).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    ours = load_model(folder)  # our decoder
+    apply_peft(ours, PeftConfig(method="qlora", r=4, alpha=8, targets=["q_proj", "v_proj", "down_proj"], init_seed=0))
+    with torch.no_grad():
+        for n, p in ours.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(n)))
+    save_adapter(ours, tmp_path / "adapter")
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.float32)
+    with torch._dynamo.config.patch(disable=True):  # bitsandbytes would torch.compile its CPU kernels per shape
+        base = AutoModelForCausalLM.from_pretrained(folder, quantization_config=quant, device_map="cpu")
+        # train mode (no dropout in this model): bitsandbytes 0.50's CPU inference path (eval + no_grad) repacks
+        # the 4-bit weights for its gemv kernel and fails on matrices this small
+        theirs = peft.PeftModel.from_pretrained(base, str(tmp_path / "adapter")).train()
+        ids = _ids(200)
+        with torch.no_grad():
+            want = theirs(input_ids=ids).logits
+            torch.testing.assert_close(ours.eval()(ids), want, atol=1e-4, rtol=1e-4)
