@@ -127,3 +127,37 @@ def test_adalora_sft_run_prunes_to_the_target_budget(tmp_path: Path) -> None:
     ids = torch.randint(0, 200, (2, 8), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(run.model.eval()(ids), hf(input_ids=ids).logits, atol=1e-5, rtol=1e-4)
+
+
+def test_adalora_resume_is_bit_exact(tmp_path: Path) -> None:
+    """The importance EMAs and kept-triplet masks are module buffers: a resumed run allocates as an unbroken one."""
+    from trainlab.align.config import align_config
+    from trainlab.recipes.align import run_alignment
+    from trainlab.train.callbacks import Callback
+
+    class StopAt(Callback):
+        def on_step_end(self, trainer, step, metrics) -> None:  # type: ignore[no-untyped-def]
+            if step == 3:
+                trainer.request_stop("test")
+
+    gpt2 = hf_model_dir(tmp_path / "gpt2", "gpt2", positions=64)
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{i} - 1 =", "completion": f" {i - 1}"}) + "\n"
+                            for i in range(8)), encoding="utf-8")
+
+    def cfg(*extra: str):  # type: ignore[no-untyped-def]
+        return align_config("sft", preset="tiny", model=gpt2, overrides=[
+            "train.device=cpu", "train.max_steps=6", "train.batch_size=4", "train.eval_every=0", "train.lr=1e-2",
+            "train.save_every=1", f"align_data.source={data}", "peft.method=adalora", "peft.r=1",
+            "peft.adalora_init_r=3", "peft.adalora_tinit=1", "peft.adalora_tfinal=1", "peft.targets=c_attn,c_fc",
+            *extra])
+
+    straight = run_alignment("sft", cfg(), gpt2, tmp_path / "a", quiet=True, evaluate_oracle=False)
+    run_alignment("sft", cfg("train.keep_checkpoint=true"), gpt2, tmp_path / "b", quiet=True, evaluate_oracle=False,
+                  callbacks=[StopAt()])
+    resumed = run_alignment("sft", cfg(), gpt2, tmp_path / "b", resume=True, quiet=True, evaluate_oracle=False)
+    assert resumed.summary["resumed_from"] == 3
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=0, rtol=0, msg=k)
+    assert sum(int(m.rank_mask.sum()) for _, m in svd_modules(resumed.model)) == 4
