@@ -96,7 +96,8 @@ def measure_point(model: Decoder, hf: Any, batch: int, context: int, new_tokens:
     vocab = model.config.vocab_size
     ids = torch.randint(4, vocab, (batch, context), generator=g).to(model.embed.weight.device)
     runs = {name: _runner(name, model, hf, ids) for name in impls if name != "transformers" or hf is not None}
-    for run in runs.values():  # warm-up (allocator, lazy inits, one-time dispatch)
+    warm = {name: _runner(name, model, hf, ids[:, -16:]) for name in runs}
+    for run in warm.values():  # warm-up (lazy inits, one-time dispatch) on a short prompt: cheap at long contexts
         _timed(run, 2)
     rounds: dict[str, list[dict[str, Any]]] = {n: [] for n in runs}
     for _ in range(repeats):

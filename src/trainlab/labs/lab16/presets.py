@@ -60,12 +60,12 @@ PRESETS: dict[str, Preset] = {
     ),
     "quick": Preset(
         base_preset="quick", kv_batch=4, kv_prompt=32, kv_new_tokens=16,
-        batches=(1, 8, 32), batch_context=64, contexts=(128, 512, 1024), context_batch=4, new_tokens=12, repeats=2,
+        batches=(1, 8, 32), batch_context=64, contexts=(128, 512, 1024), context_batch=2, new_tokens=12, repeats=2,
         hf_points="all",
-        quality_dim=64, quality_layers=2, quality_heads=8, quality_kv=(8, 4, 2, 1), quality_steps=60,
+        quality_dim=64, quality_layers=2, quality_heads=8, quality_kv=(8, 4, 2, 1), quality_steps=50,
         quality_batch=8, quality_eval_per_task=4, quality_eval_batches=4,
         uptrain_kv=2, uptrain_fractions=(0.0, 0.01, 0.05, 0.1), uptrain_inits=("mean", "first", "random"),
-        uptrain_lr_ratio=0.3, uptrain_eval_batches=4, cpu_threads=1,
+        uptrain_lr_ratio=0.3, uptrain_eval_batches=2, cpu_threads=1,
     ),
     "full": Preset(
         base_preset="quick", kv_batch=8, kv_prompt=128, kv_new_tokens=64,
