@@ -59,3 +59,22 @@ def test_an_error_on_the_ranks_is_one_line_naming_the_rank(tmp_path: Path) -> No
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: rank ") and "dist.strategy=none" in lines[0], lines[0]
+
+
+def test_nproc_is_taken_out_of_the_command_line_and_errors_name_the_rank(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import pytest
+
+    from trainlab.distributed.launch import name_rank, strip_nproc
+    from trainlab.errors import UserError
+
+    assert strip_nproc(["pretrain", "--nproc", "2", "--out", "A"]) == (2, ["pretrain", "--out", "A"])
+    assert strip_nproc(["dpo", "--nproc=4", "train.lr=1e-5"]) == (4, ["dpo", "train.lr=1e-5"])
+    assert strip_nproc(["sft"]) == (None, ["sft"])
+    with pytest.raises(UserError, match="--nproc 'two'"):
+        strip_nproc(["pretrain", "--nproc", "two"])
+    assert name_rank("error: bad") == "error: bad"  # one process: unchanged
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert name_rank("error: bad") == "error: rank 1: bad"
+    assert name_rank("saved model") == "saved model"
