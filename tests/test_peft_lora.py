@@ -159,3 +159,24 @@ def test_lora_family_interop(case: Case, tmp_path: Path) -> None:
     fresh, _ = _pair(case.arch, tmp_path / "again")
     load_adapter(fresh, tmp_path / "from_peft")
     torch.testing.assert_close(_logits(fresh, ids), _hf_logits(trained, ids), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_adapter_dropout_is_where_peft_puts_it(method: str, tmp_path: Path) -> None:
+    """In training mode, with the same random stream, our dropout on the adapter's input (DoRA: the direction term
+    sees the dropped-out input too) gives PEFT's outputs."""
+    ours, hf = _pair("llama", tmp_path)
+    cfg = PeftConfig(method=method, r=4, alpha=8, dropout=0.3, targets=["q_proj", "down_proj"], init_seed=0)
+    apply_peft(ours, cfg)
+    _perturb(ours)
+    save_adapter(ours, tmp_path / "adapter")
+    theirs = peft.PeftModel.from_pretrained(copy.deepcopy(hf), str(tmp_path / "adapter"), is_trainable=True)
+    ids = _ids(ours)
+    ours.train(), theirs.train()
+    torch.manual_seed(7)
+    mine = ours(ids)
+    torch.manual_seed(7)
+    want = theirs(input_ids=ids).logits
+    torch.testing.assert_close(mine, want, atol=1e-5, rtol=1e-5)
+    torch.manual_seed(8)
+    assert (ours(ids) - mine).abs().max() > 1e-4  # dropout is on: another stream, other outputs
