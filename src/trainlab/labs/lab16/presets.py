@@ -68,7 +68,7 @@ PRESETS: dict[str, Preset] = {
         uptrain_lr_ratio=0.3, uptrain_eval_batches=2, cpu_threads=1,
     ),
     "full": Preset(
-        base_preset="quick", kv_batch=8, kv_prompt=128, kv_new_tokens=64,
+        base_preset="full", kv_batch=8, kv_prompt=128, kv_new_tokens=64,
         batches=(1, 4, 16, 64), batch_context=256, contexts=(128, 512, 1024, 2048, 4096), context_batch=4,
         new_tokens=32, repeats=3, hf_points="all",
         quality_dim=128, quality_layers=4, quality_heads=8, quality_kv=(8, 4, 2, 1), quality_steps=300,
