@@ -78,12 +78,12 @@ def prompt_items(cfg: RLRunConfig) -> tuple[list[PromptItem], list[TaskRecord]]:
         raise UserError("prompt file not found", path=path, key="align_data.source")
     items: list[PromptItem] = []
     for row in read_jsonl(path):
-        if row.error is not None or row.data is None:
+        if row.error is not None or row.value is None:
             raise UserError(row.error or "not a JSON object", path=row.path, line=row.line)
-        prompt = row.data.get("prompt")
+        prompt = row.value.get("prompt")
         if not isinstance(prompt, str) or not prompt:
             raise UserError("'prompt' must be a non-empty string", path=row.path, line=row.line, key="prompt")
-        items.append(PromptItem(prompt, None, {k: v for k, v in row.data.items() if k != "prompt"}))
+        items.append(PromptItem(prompt, None, {k: v for k, v in row.value.items() if k != "prompt"}))
     if not items:
         raise UserError("no prompts in the file", path=path)
     return items, []

@@ -34,6 +34,7 @@ from trainlab.rl.config import RLRunConfig
 from trainlab.rl.grpo import GRPOObjective, RolloutBatcher, frozen_reference, prompt_items
 from trainlab.rl.rewards import RewardFn, build_reward
 from trainlab.train.amp import autocast_context
+from trainlab.train.callbacks import Callback
 from trainlab.train.checkpoint import ResumeMode, folder_fingerprint
 from trainlab.train.device import resolve_device
 from trainlab.train.loop import Trainer
@@ -45,6 +46,16 @@ def _eval_fn(tokenizer: Any, records: list[Any]) -> Any:
         acc = oracle_accuracy(model, tokenizer, records)
         return {"oracle_accuracy": acc.overall, **{f"oracle/{t}": v for t, v in acc.per_task.items()}}
     return evaluate
+
+
+class _StepTimes(Callback):
+    """Every optimizer step's wall time (sampling included), logged or not."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def on_step_end(self, trainer: Any, step: int, metrics: dict[str, Any]) -> None:
+        self.times.append(float(metrics["step_time_s"]))
 
 
 def run_grpo(cfg: RLRunConfig, model_path: str | Path, out_dir: str | Path, *, resume: ResumeMode = False,
@@ -87,8 +98,9 @@ def run_grpo(cfg: RLRunConfig, model_path: str | Path, out_dir: str | Path, *, r
         identity = {"method": f"rl-{rl.estimator}", "model": folder_fingerprint(model_path),
                     "reward": rl.reward}
         run_config = dump_config(cfg) | {"method": "grpo", "model_in": str(model_path)}
+        times = _StepTimes()
         trainer = Trainer(model, objective, batcher, cfg.train, out, eval_fn=eval_fn, run_config=run_config,
-                          quiet=quiet, callbacks=callbacks, identity=identity)
+                          quiet=quiet, callbacks=[times, *(callbacks or [])], identity=identity)
         result = trainer.fit(resume=resume, force=force)
     policy = trainer.model
     model_dir = None
@@ -121,7 +133,8 @@ def run_grpo(cfg: RLRunConfig, model_path: str | Path, out_dir: str | Path, *, r
         "update_time_s": max(result.train_time_s - gen_s - reward_s, 0.0),
         "completions": completions, "completions_per_s": completions / result.train_time_s
         if result.train_time_s > 0 else 0.0,
-        "forward_passes_per_step": dict(batcher.passes), "peak_memory": mem.result(), "device": str(device),
+        "forward_passes_per_step": dict(batcher.passes), "step_times_s": times.times,
+        "peak_memory": mem.result(), "device": str(device),
         "rollouts": batcher.history, "history": result.history, "eval_history": result.eval_history,
         "accuracy": accuracy, "samples": batcher.samples, "n_prompts": len(items),
         "config": dump_config(cfg), "metrics_path": str(result.metrics_path),
