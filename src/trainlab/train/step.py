@@ -109,6 +109,12 @@ def accumulate_gradients(model: nn.Module, objective: Objective, micro_batches: 
     metric_weights: dict[str, float] = {}
     scale = dist.grad_scale if dist is not None else 1.0
     last = len(micro_batches) - 1
+    run_all = dist.accumulate if dist is not None else None
+    if run_all is not None:  # an engine that runs every micro-batch at once (a pipeline schedule)
+        with hooks.phase("forward", 0):
+            loss_sum, metric_sums, metric_weights = run_all(model, objective, micro_batches, total=total,
+                                                            scale=scale, device=device)
+        micro_batches = []
     for i, mb in enumerate(micro_batches):
         mb = to_device(mb, device)
         with contextlib.ExitStack() as sync:
@@ -180,7 +186,7 @@ def optimizer_step(model: nn.Module, objective: Objective, micro_batches: Sequen
         finite = precision == "fp16" or (math.isfinite(loss) and math.isfinite(gnorm))
         stepped = False
         if finite:
-            stepped = scaler.step(optimizer)
+            stepped = scaler.step(optimizer) if dist is None else dist.optimizer_update(optimizer, scaler)
             scaler.update()
     optimizer.zero_grad(set_to_none=True)
     return StepOutcome(stats, loss, gnorm, stepped=stepped, finite=finite)
