@@ -39,6 +39,11 @@ def test_llama2_7b_r8_q_v_is_4194304(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert doc["adapter_bytes"]["fp32"] == 4 * 4_194_304
     assert [m["compression"] for m in doc["matrices"]] == [8 * 8192 / 4096**2] * 2
     assert doc["base_params"] == 6_738_415_616  # Llama-2-7B's parameter count
+    # weights + gradients + AdamW states, by hand: linear weights L = 32·(4·4096² + 3·4096·11008) = 6,476,005,376;
+    # NF4 + double quantization = L·(4 + 8/64 + 32/16384)/8 = 3,340,771,328 bytes; the other 262,410,240 stay fp32
+    assert doc["model_states_bytes"] == {"full_finetune": 16 * 6_738_415_616,
+                                         "lora": 4 * 6_738_415_616 + 16 * 4_194_304,
+                                         "qlora": 4 * 262_410_240 + 3_340_771_328 + 16 * 4_194_304}
     # the same from the shape flags; all-linear: PEFT's print_trainable_parameters says 19,988,480 for Llama-2-7B
     flags = ("calc", "lora", "--layers", "32", "--hidden", "4096", "--intermediate", "11008", "--heads", "32", "--r",
              "8", "--json")

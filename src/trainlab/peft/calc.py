@@ -69,7 +69,24 @@ def lora_calc(*, layers: int, dim: int, intermediate: int, heads: int, kv_heads:
     if base_params:
         out["base_params"] = base_params
         out["trainable_fraction"] = trainable / base_params
+        linear = layers * sum(k * d for mats in shapes.values() for k, d in mats)
+        out["model_states_bytes"] = model_states(base_params, linear, trainable)
     return out
+
+
+#: NF4 with double quantization, bits per weight: 4-bit codes + 8-bit absmax per 64 + fp32 absmax per 64·256
+NF4_DQ_BITS = 4 + 8 / 64 + 32 / (64 * 256)
+
+
+def model_states(params: int, linear: int, trainable: int) -> dict[str, int]:
+    """Bytes of weights + gradients + AdamW states (activations aside: ``trainlab calc memory``), as trainlab
+    trains: fp32 master weights, fp32 gradients and two fp32 AdamW states for the trainable parameters.
+
+    full fine-tune ``16·P``; LoRA ``4·P + 16·T`` (the base frozen: no gradient, no state); QLoRA
+    ``4·(P − L) + L·4.127/8 + 16·T`` with the ``L`` weights of the base's linear layers in NF4 (double quantized).
+    """
+    return {"full_finetune": 16 * params, "lora": 4 * params + 16 * trainable,
+            "qlora": 4 * (params - linear) + round(linear * NF4_DQ_BITS / 8) + 16 * trainable}
 
 
 def lora_calc_for_model(model: str | Path, **kwargs: Any) -> dict[str, Any]:
@@ -91,4 +108,10 @@ def lora_tables(doc: dict[str, Any]) -> list[tuple[str, list[str], list[list[str
              f"{doc['trainable_params']:,} trainable parameters, adapter {doc['adapter_bytes']['fp32']:,} bytes fp32")
     if "trainable_fraction" in doc:
         title += f" ({doc['trainable_fraction']:.4%} of {doc['base_params']:,})"
-    return [(title, ["module", "in -> out", "full", "lora r(d+k)", "r(d+k)/(dk)"], rows)]
+    tables = [(title, ["module", "in -> out", "full", "lora r(d+k)", "r(d+k)/(dk)"], rows)]
+    states = doc.get("model_states_bytes")
+    if states:
+        tables.append(("weights + gradients + AdamW states (fp32 master weights; activations: trainlab calc memory)",
+                       ["training", "bytes", "GiB"],
+                       [[k.replace("_", " "), f"{v:,}", f"{v / 2**30:.2f}"] for k, v in states.items()]))
+    return tables
