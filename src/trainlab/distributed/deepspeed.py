@@ -18,8 +18,10 @@ Rajbhandari et al. 2020) owns what it must own:
   embedding's forward, is registered as an external parameter of the model (gathered with it).
 
 Per step, ZeRO-1/2 send what DDP sends (``2(p−1)/p·S``); ZeRO-3 1.5x (`trainlab.distributed.comm`).
-Checkpoints go through torch.distributed.checkpoint only for stage 1 and 2 (full parameters on every
-rank); a stage-3 run is refused checkpointing (DeepSpeed's own ``save_checkpoint`` format is not wired in).
+Checkpoints: the loop's torch.distributed.checkpoint in the layout every strategy uses (parameters and
+AdamW states keyed by parameter name, full tensors assembled with DeepSpeed's ``safe_get_full_*``), so a
+ZeRO-1/2 run resumes on any world size or under another strategy; resuming *into* a ZeRO-3 engine is
+refused (its partitions are not re-set from full tensors here).
 """
 
 from __future__ import annotations
@@ -92,9 +94,6 @@ class DeepSpeedStrategy(Strategy):
         if getattr(cfg, "precision", "fp32") == "fp16":
             raise UserError("dist.engine=deepspeed with train.precision=fp16: use bf16 or fp32 (the loop's "
                             "autocast; DeepSpeed's own fp16 loss scaling is not wired in)", key="train.precision")
-        if self.stage == 3 and (getattr(cfg, "save_every", 0) or getattr(cfg, "save_every_minutes", 0)):
-            raise UserError("dist.engine=deepspeed zero3: checkpoints are not supported; set train.save_every=0 "
-                            "and train.save_every_minutes=0, or use dist.engine=torch (FSDP2)", key="train.save_every")
         self.cfg = cfg
 
     def wrap(self, model: nn.Module) -> nn.Module:
@@ -112,6 +111,8 @@ class DeepSpeedStrategy(Strategy):
 
             self._skeleton = meta_skeleton(model)
         optimizer = build_optimizer(model, self.cfg.model_copy(update={"fused": False}))
+        names = {id(p): n for n, p in model.named_parameters()}
+        self._group_names = [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups]
         for group in optimizer.param_groups:  # DeepSpeed flattens groups; torch's name list is not a tensor list
             group.pop("param_names", None)
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
@@ -177,6 +178,86 @@ class DeepSpeedStrategy(Strategy):
             out["parameters"] = [p.ds_tensor for p in self.unwrap(self.engine).parameters()
                                  if isinstance(getattr(p, "ds_tensor", None), Tensor)]
         return out
+
+    # -- checkpoints: the FQN layout of torch's get_model_state_dict / get_optimizer_state_dict --------------
+
+    def _params(self) -> dict[str, nn.Parameter]:
+        return dict(self.unwrap(self.engine).named_parameters())
+
+    def model_state_dict(self, model: nn.Module) -> dict[str, Any]:
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        del model
+        return {n: safe_get_full_fp32_param(p).detach().cpu().clone() for n, p in self._params().items()}
+
+    def load_model_state_dict(self, model: nn.Module, state: dict[str, Any]) -> None:
+        from deepspeed.utils import safe_set_full_fp32_param
+
+        del model
+        if self.stage == 3:
+            raise UserError("resuming into dist.engine=deepspeed zero3 is not supported; resume with zero1/zero2 or "
+                            "dist.engine=torch (the checkpoint's layout is the same)", key="dist.strategy")
+        for n, p in self._params().items():
+            safe_set_full_fp32_param(p, state[n].to(p.device))
+            with torch.no_grad():
+                p.copy_(state[n].to(p.device, p.dtype))
+
+    def _link_states(self) -> None:
+        """DeepSpeed links each parameter to its optimizer-state fragments lazily (ZeRO-1/2)."""
+        opt = self.engine.optimizer
+        link = getattr(opt, "_lazy_init_hp_params_optimizer_state", None)
+        inner = getattr(opt, "optimizer", None)
+        for flat in getattr(opt, "single_partition_of_fp32_groups", []) if inner is not None else []:
+            if not inner.state.get(flat):  # before the first step: AdamW's state as it would create it
+                inner.state[flat] = {"step": torch.zeros((), dtype=torch.float32),
+                                     "exp_avg": torch.zeros_like(flat), "exp_avg_sq": torch.zeros_like(flat)}
+        if link is not None:  # linked again: a link made before AdamW's lazy state existed is empty
+            opt._hp_optimizer_states_linked = False
+            link()
+
+    def _step_count(self) -> Any:
+        inner = getattr(self.engine.optimizer, "optimizer", None)
+        for st in (inner.state.values() if inner is not None else []):
+            if "step" in st:
+                return st["step"]
+        return torch.zeros(())
+
+    def optimizer_state_dict(self, model: nn.Module, optimizer: Any) -> dict[str, Any]:
+        from deepspeed.utils import safe_get_full_optimizer_state
+
+        del model
+        self._link_states()
+        params = self._params()
+        step = torch.as_tensor(self._step_count(), dtype=torch.float32).clone()
+        state = {}
+        for n, p in params.items():
+            entry = {k: v.detach().cpu().clone() for k in ("exp_avg", "exp_avg_sq")
+                     if (v := safe_get_full_optimizer_state(p, k)) is not None}
+            state[n] = entry | {"step": step.clone()}
+        groups = []
+        for g, names in zip(optimizer.param_groups, self._group_names, strict=False):
+            groups.append({k: v for k, v in g.items() if k != "params"} | {"params": list(names)})
+        return {"state": state, "param_groups": groups}
+
+    def load_optimizer_state_dict(self, model: nn.Module, optimizer: Any, state: dict[str, Any]) -> None:
+        from deepspeed.utils import safe_set_full_optimizer_state
+
+        del model, optimizer
+        if self.stage == 3:
+            raise UserError("resuming into dist.engine=deepspeed zero3 is not supported", key="dist.strategy")
+        self._link_states()
+        step = None
+        for n, p in self._params().items():
+            entry = state["state"][n]
+            for k in ("exp_avg", "exp_avg_sq"):
+                if k in entry:
+                    safe_set_full_optimizer_state(p, entry[k].to(p.device), k)
+            step = entry.get("step", step)
+        inner = getattr(self.engine.optimizer, "optimizer", None)
+        for st in (inner.state.values() if inner is not None and step is not None else []):
+            if "step" in st:
+                st["step"] = torch.as_tensor(step, dtype=st["step"].dtype if torch.is_tensor(st["step"])
+                                             else torch.float32).clone()
 
     def full_state_dict(self, model: nn.Module) -> dict[str, Tensor]:
         inner = self.unwrap(model)
