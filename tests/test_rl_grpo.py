@@ -100,3 +100,21 @@ def test_cli_grpo_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
                     "--reward", "nope"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "module:function" in err
+
+
+def test_prompt_file_and_user_reward_through_the_recipe(tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "max 3 9=", "answer": "9"}\n{"prompt": "sort 3 1=", "answer": "1 3"}\n',
+                       encoding="utf-8")
+    (tmp_path / "rw.py").write_text("def digits(completions, answer):\n"
+                                    "    return [float(a in c) for c, a in zip(completions, answer)]\n")
+    cfg = rl_config(preset="tiny", overrides=[*TINY, f"align_data.source={prompts}", "train.max_steps=2",
+                                              f"rl.reward={tmp_path / 'rw.py'}:digits", "rl.prompts_per_step=2"])
+    s = run_grpo(cfg, embedded_base_model("tiny"), tmp_path / "run", quiet=True, save=False)
+    assert s["steps"] == 2 and s["n_prompts"] == 2 and s["accuracy"] is None
+    assert len(s["step_times_s"]) == 2 and all("oracle_reward" not in r for r in s["rollouts"])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": 3}\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"bad\.jsonl:1"):
+        run_grpo(rl_config(preset="tiny", overrides=[*TINY, f"align_data.source={bad}"]),
+                 embedded_base_model("tiny"), tmp_path / "bad", quiet=True, save=False)
