@@ -12,7 +12,8 @@ completion ``i`` of a group, ``μ`` / ``σ`` the group's mean and (Bessel-correc
   ``A_i = r_i - 1/(G-1) Σ_{j≠i} r_j = G/(G-1) (r_i - μ)``; with ``β > 0`` the sequence KL
   ``Σ_t (log π_old - log π_ref)`` (k1) is subtracted from the reward first, as TRL's RLOOTrainer (its loss
   then clips one *sequence*-level ratio ``exp(Σ_t log π - log π_old)``; ours clips per token, as verl's RLOO
-  with its token-level policy loss: the same gradient at ratio 1, i.e. with one update per rollout);
+  with its token-level policy loss. At ratio 1 (one update per rollout) both give Σ_i A_i Σ_t ∇log π_it, divided
+  by the sequences (TRL) or by the step's tokens (our token_mean): one direction, another scale);
 * ``reinforce_pp`` (Hu 2025, REINFORCE++; verl ``compute_reinforce_plus_plus_outcome_advantage``):
   per-token returns ``G_t = Σ_{s≥t} γ^{s-t} ρ_s`` of the token rewards ``ρ`` (the outcome reward on
   the last completion token, minus ``β·KL_t`` on every token when the KL is in the reward), whitened
