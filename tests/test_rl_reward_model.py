@@ -210,3 +210,47 @@ def test_reward_model_with_lora_trains_adapters_and_head_and_saves_merged(base_m
     ours, tok = load_reward_model(s["model_dir"])
     enc = tok(["sort 3 1 2: 1 2 3"], return_tensors="pt")
     torch.testing.assert_close(ours(enc["input_ids"]), hf(**enc).logits.squeeze(-1), rtol=1e-5, atol=1e-5)
+
+
+def _rm_ddp_worker(rank: int, model: Path, data: Path, out: Path) -> None:
+    from trainlab.recipes.rlhf import rm_config, run_reward_model
+
+    s = run_reward_model(rm_config(preset="tiny", model=model, overrides=_ddp_overrides(data, "dist.strategy=ddp")),
+                         model, out)
+    torch.save({"final_loss": s["final_loss"], "steps": s["steps"]}, out.parent / f"r{rank}.pt")
+
+
+def _ddp_overrides(data: Path, *extra: str) -> list[str]:
+    # SGD: the update is linear in the gradient, so the all-reduce's rounding stays rounding (Adam's first steps
+    # turn a near-zero gradient's sign noise into a full ±lr step)
+    return ["train.device=cpu", "train.max_steps=2", "train.batch_size=4", "train.grad_accum=2", "train.lr=0.1",
+            "train.optim=sgd", f"align_data.source={data}", *extra]
+
+
+@pytest.mark.slow  # two processes importing torch and transformers: ~10 s quiet, up to ~50 s on a loaded 2-core CPU
+def test_reward_model_under_ddp_equals_one_process(tmp_path: Path) -> None:
+    import json
+
+    from _dist import spawn
+    from safetensors.torch import load_file
+
+    from trainlab.recipes.rlhf import rm_config, run_reward_model
+
+    model = hf_model_dir(tmp_path / "gpt2", "gpt2", positions=64)
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{i}. What is 2+{i}? The answer is", "chosen": f" {2 + i}.",
+                                        "rejected": f" {3 + i}."}) + "\n" for i in range(20)), encoding="utf-8")
+    one = run_reward_model(rm_config(preset="tiny", model=model, overrides=_ddp_overrides(data)), model,
+                           tmp_path / "one")
+    spawn(_rm_ddp_worker, 2, model, data, tmp_path / "two")
+    ranks = [torch.load(tmp_path / f"r{r}.pt", weights_only=True) for r in (0, 1)]
+    assert ranks[0] == ranks[1] and ranks[0]["steps"] == 2  # every rank returns rank 0's summary
+    assert abs(ranks[0]["final_loss"] - one["final_loss"]) <= 1e-5 * abs(one["final_loss"])
+    a = load_file(tmp_path / "one" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "two" / "model" / "model.safetensors")
+    # over all weights at once: GPT-2's zero-initialised biases hold ~1e-10 after two small steps, so a per-tensor
+    # relative difference there would measure rounding noise
+    flat_a, flat_b = (torch.cat([t[k].flatten() for k in sorted(a)]) for t in (a, b))
+    assert float((flat_a - flat_b).norm() / flat_a.norm()) < 1e-6
+    start = load_file(model / "model.safetensors")
+    assert max(float((a[k] - start[k]).abs().max()) for k in start if k in a) > 1e-4  # training moved the weights

@@ -15,6 +15,7 @@ from trainlab.cli.app import (
     ForceOpt,
     JsonOpt,
     MaxStepsOpt,
+    NprocOpt,
     OutOpt,
     OverridesArg,
     PresetOpt,
@@ -22,6 +23,7 @@ from trainlab.cli.app import (
     ResumeOrStartOpt,
     SeedOpt,
     _emit,
+    _launch_if_asked,
     _resume_mode,
     _say,
     _training_overrides,
@@ -60,6 +62,7 @@ def rm(
     strict: StrictOpt = False,
     eval_data: EvalDataOpt = None,
     save_dtype: SaveDtypeOpt = None,
+    nproc: NprocOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a Bradley-Terry reward model on preference pairs (embedded task pairs by default); saved as
@@ -76,6 +79,7 @@ def rm(
         from trainlab.recipes.base_model import embedded_base_model
 
         model = embedded_base_model(preset, quiet=as_json)
+    _launch_if_asked(nproc)  # --nproc N: the same command on N ranks (inputs checked and built above)
     result = run_reward_model(cfg, model, out_dir, resume=mode, quiet=as_json, force=force)
     shown = {k: result[k] for k in ("method", "model_in", "model_dir", "kind", "steps", "unit", "units_seen",
                                     "final_loss", "train_time_s", "wall_time_s", "peak_memory", "final_eval",

@@ -121,9 +121,12 @@ def run_reward_model(cfg: RLRunConfig, model_dir: str | Path, out_dir: str | Pat
     ``peak_mem_bytes``, ``memory`` (exact bytes of one step), ``forward_passes_per_step`` (1: chosen and
     rejected rows share one forward), ``data``.
     """
+    from trainlab.distributed import env as dist_env
+
+    ctx = dist_env.init(cfg.dist, cfg.train.device)  # under torchrun (--nproc N): each rank trains its share
     t_start = time.perf_counter()
     out = Path(out_dir)
-    device = resolve_device(cfg.train.device)
+    device = ctx.device if ctx is not None else resolve_device(cfg.train.device)
     seed_everything(cfg.train.seed)
     rm, tokenizer = load_reward_model(model_dir, device)
     if cfg.align.disable_dropout:
@@ -164,6 +167,12 @@ def run_reward_model(cfg: RLRunConfig, model_dir: str | Path, out_dir: str | Pat
         trainer = Trainer(rm, objective, batcher, cfg.train, out, eval_fn=eval_fn, run_config=run_config,
                           quiet=quiet, callbacks=callbacks, identity=identity)
         result = trainer.fit(resume=resume, force=force)
+    final = trainer.final_model()  # distributed: rank 0 alone saves and writes; every rank returns its summary
+    if final is None:
+        trainer.release_checkpoint()
+        assert ctx is not None
+        return dict(ctx.broadcast_object(None))
+    rm = final  # type: ignore[assignment]
     saved = None
     if save:
         # a reward model is used as a whole (AutoModelForSequenceClassification, PPO): adapters are merged
@@ -207,6 +216,8 @@ def run_reward_model(cfg: RLRunConfig, model_dir: str | Path, out_dir: str | Pat
         "stopped_reason": result.stopped_reason,
     }
     write_json(out / "summary.json", summary)
+    if ctx is not None:
+        ctx.broadcast_object(summary)
     return summary
 
 
