@@ -143,6 +143,28 @@ def test_env_json_has_the_documented_keys(tmp_path: Path) -> None:
     assert info["cpu_count"] >= 1 and info["memory_bytes"] > 0
 
 
+def test_json_stdout_is_the_document_alone(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+                                           ) -> None:
+    """A library that prints while a command runs (DeepSpeed's 'Setting accelerator to CPU' on the first model load
+    once it is installed) broke every --json document; its lines go to stderr now."""
+    import trainlab.env
+    from trainlab.cli import run_cli
+
+    detect = trainlab.env.detect_env
+
+    def noisy() -> object:
+        print("[real_accelerator.py:254:get_accelerator] Setting accelerator to CPU")
+        return detect()
+
+    monkeypatch.setattr(trainlab.env, "detect_env", noisy)
+    assert run_cli(["env", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["cpu_count"] >= 1 and "Setting accelerator" in err
+    assert run_cli(["env"]) == 0  # without --json, stdout is the command's own
+    assert "Setting accelerator" in capsys.readouterr().out
+    assert sys.stdout is sys.__stdout__ or sys.stdout is not sys.stderr  # restored
+
+
 def test_labs_json_lists_base(tmp_path: Path) -> None:
     proc = trainlab("labs", "--json", tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr

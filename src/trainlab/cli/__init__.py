@@ -60,6 +60,19 @@ def run_cli(args: list[str] | None = None) -> int:
     if os.environ.get("TRAINLAB_DEBUG"):  # tracebacks and click's own messages, for debugging
         app(args=args, prog_name="trainlab")
         return 0
+    argv = app_module.ARGV
+    json_mode = "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv
+    real_stdout = sys.stdout
+    if json_mode:  # stdout is the JSON document's alone (see app.JSON_STDOUT)
+        app_module.JSON_STDOUT, sys.stdout = real_stdout, sys.stderr
+    try:
+        return _run(args)
+    finally:
+        if json_mode:
+            app_module.JSON_STDOUT, sys.stdout = None, real_stdout
+
+
+def _run(args: list[str] | None) -> int:
     try:
         rv = app(args=args, prog_name="trainlab", standalone_mode=False)
     except UserError as exc:

@@ -29,6 +29,10 @@ out_console = Console(markup=False, highlight=False)
 
 # The command line as given (run_cli sets it): `--nproc` re-runs it under torchrun.
 ARGV: list[str] | None = None
+# with --json, stdout holds the JSON document alone: `run_cli` points sys.stdout at stderr for the command (a
+# library that prints on import, e.g. DeepSpeed's accelerator banner, would break the document) and `_emit`
+# writes here
+JSON_STDOUT: Any = None
 
 
 def _say(message: str) -> None:
@@ -85,8 +89,9 @@ def _emit(obj: Any, as_json: bool) -> None:
     from trainlab.distributed.launch import worker_quiet
 
     if as_json and not worker_quiet():
-        sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
-        sys.stdout.flush()
+        stream = JSON_STDOUT or sys.stdout
+        stream.write(json.dumps(obj, indent=2, default=str) + "\n")
+        stream.flush()
 
 
 def _training_overrides(max_steps: int | None, seed: int | None, device: str | None,
