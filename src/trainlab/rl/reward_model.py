@@ -134,7 +134,7 @@ class RewardModel(nn.Module):
         # their differences, which bf16 (3 significant digits) would round away
         dtype = torch.promote_types(h.dtype, torch.float32)
         with torch.autocast(device_type=h.device.type, enabled=False):
-            return F.linear(h.to(dtype), self.head.weight.to(dtype)).squeeze(-1)
+            return F.linear(h.to(dtype), self.head.weight.to(dtype)).sum(-1)  # [.., 1] -> [..] not as a view (FSDP)
 
     def values(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                position_ids: Tensor | None = None) -> Tensor:

@@ -52,7 +52,7 @@ def logps_from_hidden(hidden: Tensor, weight: Tensor, input_ids: Tensor, score_m
 def _head_values(head: nn.Linear, h: Tensor) -> Tensor:
     dtype = torch.promote_types(h.dtype, torch.float32)
     with torch.autocast(device_type=h.device.type, enabled=False):
-        return F.linear(h.to(dtype), head.weight.to(dtype)).squeeze(-1)
+        return F.linear(h.to(dtype), head.weight.to(dtype)).sum(-1)  # [.., 1] -> [..] not as a view (FSDP)
 
 
 class PolicyValue(nn.Module):
