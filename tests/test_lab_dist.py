@@ -18,7 +18,7 @@ def test_lab_tiny_measures_every_strategy_against_the_formulas(tmp_path: Path) -
     lab = suite.labs[0]
     assert lab.status == "ok", lab.error
     rows = {r["strategy"]: r for r in lab.data["rows"]}
-    assert set(rows) == {"ddp", "zero1", "fsdp", "tp"} and not any(r["error"] for r in rows.values())
+    assert set(rows) == {"ddp", "zero1", "fsdp", "tp", "pp"} and not any(r["error"] for r in rows.values())
     for r in rows.values():
         assert r["max_weight_rel_diff"] < 1e-5 and r["max_loss_diff"] < 1e-5
         # model states: exact storage bytes = the ZeRO columns (zero1 shards whole tensors: about 1/p)
@@ -26,6 +26,8 @@ def test_lab_tiny_measures_every_strategy_against_the_formulas(tmp_path: Path) -
         for key, formula in r["memory_formula"].items():
             assert r["memory"][key] == pytest.approx(formula, rel=tol), (r["strategy"], key)
     assert rows["zero1"]["comm"]["broadcast"]["size_bytes"] == 4 * lab.data["params"]  # owners send updates
+    spec = lab.data["spec"]  # pp: one activation (or its gradient) of b*s*h fp32 per micro-batch each way
+    assert rows["pp"]["comm"]["send"]["size_bytes"] == spec["grad_accum"] * spec["batch"] * spec["seq"] * 32 * 4
     psi = lab.data["params"]
     assert rows["fsdp"]["memory"]["parameters"] * 2 == rows["ddp"]["memory"]["parameters"] == 4 * psi
     assert rows["ddp"]["wire_model_bytes"] >= 4 * psi  # 2(p-1)/p * S at p = 2, plus headers

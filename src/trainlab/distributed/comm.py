@@ -29,8 +29,10 @@ FSDP/ZeRO-3 gathers parameters for every micro-batch's forward and backward.
 dispatcher entry of every process-group collective, which DDP's C++ reducer, FSDP2, DTensor and the
 pipelining schedules all go through: ``c10d.allreduce_``, ``_allgather_base_``,
 ``_reduce_scatter_base_``, ``send``/``recv`` ...), waits for it (so collectives run one at a time
-while measuring) and records, for each, the *logical* size (the full tensor ``S``) and the *wire*
-bytes: the process's ``wchar`` counter in ``/proc/self/io`` before and after, which counts every byte
+while measuring; point-to-point sends and receives are not waited for, as a pipeline posts them in
+batches, and get no wire count of their own: the block's total has them) and records, for each, the
+*logical* size (the full tensor ``S``) and the *wire* bytes: the process's ``wchar`` counter in
+``/proc/self/io`` before and after, which counts every byte
 the process passed to ``write``/``writev`` (gloo's TCP transport sends with ``writev``), so it is what
 actually left this rank, headers included. On CUDA (NCCL) the wire count is not available and only
 the logical sizes are recorded.
@@ -318,11 +320,14 @@ class CommMeter:
                 kind = _OPS.get(name)
                 if kind is None:  # wait_tensor, _wrap_tensor_autograd ...: bookkeeping, not collectives
                     return func(*args, **kwargs)
-                w0 = wire_bytes_written()
+                # Point-to-point ops are not waited for: a pipeline posts sends and receives in batches,
+                # and waiting for a send before its rank posts the matching receive would deadlock.
+                p2p = kind in ("send", "recv")
+                w0 = None if p2p else wire_bytes_written()
                 out = func(*args, **kwargs)
-                if meter.wait and kind != "barrier":
+                if meter.wait and kind != "barrier" and not p2p:
                     _wait(out, ns)
-                w1 = wire_bytes_written()
+                w1 = None if p2p else wire_bytes_written()
                 if kind != "barrier":
                     size = _full_size(kind, args, out, meter.world)
                     wire = None if w0 is None or w1 is None else w1 - w0

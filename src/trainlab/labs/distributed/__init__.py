@@ -37,7 +37,8 @@ from trainlab.memory.estimate import zero_table
 from trainlab.report.plots_dist import dist_figures
 from trainlab.results import LabResult, Table
 
-TITLE = "Distributed training: DDP, FSDP2 (ZeRO-2/3), tensor parallel — memory and communication measured"
+TITLE = ("Distributed training: DDP, ZeRO-1/2/3 (torch and DeepSpeed), tensor and pipeline parallel — memory and "
+         "communication measured")
 
 
 @dataclass(frozen=True)
@@ -53,9 +54,11 @@ class Preset:
 
 _SMALL = {"vocab_size": 256, "dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "max_seq_len": 64}
 PRESETS: dict[str, Preset] = {
-    "tiny": Preset(("ddp", "zero1", "fsdp", "tp"), {**_SMALL, "dim": 32, "vocab_size": 64}, steps=3, batch=2, seq=16),
-    "quick": Preset(("ddp", "zero1", "zero2", "fsdp", "tp"), _SMALL, steps=4, optional=("deepspeed:zero2",)),
-    "full": Preset(("ddp", "zero1", "zero2", "fsdp", "tp"), {**_SMALL, "dim": 128, "n_layers": 4, "vocab_size": 512},
+    "tiny": Preset(("ddp", "zero1", "fsdp", "tp", "pp"), {**_SMALL, "dim": 32, "vocab_size": 64}, steps=3, batch=2,
+                   seq=16),
+    "quick": Preset(("ddp", "zero1", "zero2", "fsdp", "tp", "pp"), _SMALL, steps=4, optional=("deepspeed:zero2",)),
+    "full": Preset(("ddp", "zero1", "zero2", "fsdp", "tp", "pp"),
+                   {**_SMALL, "dim": 128, "n_layers": 4, "vocab_size": 512},
                    steps=6, batch=8, seq=64, optional=("deepspeed:zero1", "deepspeed:zero2", "deepspeed:zero3")),
 }
 

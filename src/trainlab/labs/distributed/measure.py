@@ -63,6 +63,13 @@ def _formula_comm(name: str, spec: RunSpec, params: int, world: int) -> dict[str
         sent = k * (allreduce_bytes(s, world) / 2 + reduce_scatter_bytes(s, world))
         return {"formula": "all-gather once per micro-batch + reduce-scatter: 2(p-1)/p x S x micro-batches",
                 "sent_bytes": sent, "gloo_sent_bytes": k * (allreduce_bytes(s, world) / 2 + allreduce_bytes(s, world))}
+    if key == "pp" and world == 2:
+        # two stages: each sends one direction (activations forward, or their gradients back) per micro-batch,
+        # and the tied embedding's gradient is summed between the first and the last stage (an all-reduce)
+        act = spec.batch * spec.seq * m["dim"] * 4.0 * spec.grad_accum
+        tied = allreduce_bytes(m["vocab_size"] * m["dim"] * 4.0, world) if m.get("tie_embeddings", True) else 0.0
+        return {"formula": "send/recv b*s*h per micro-batch + all-reduce of the tied embedding's gradient",
+                "sent_bytes": act + tied, "gloo_sent_bytes": act + tied}
     vol = strategy_volume(key, params, world, dtype="fp32", grad_accum=spec.grad_accum, layers=m["n_layers"],
                           batch=spec.batch, seq=spec.seq, hidden=m["dim"])
     # gloo (torch 2.13) implements reduce-scatter as an all-reduce on the wire (measured): what it really sends.
@@ -91,8 +98,11 @@ def _row(name: str, spec: RunSpec, ref: dict[str, Any], results: list[dict[str, 
     if engine:
         memory["optimizer_states"] += memory.get("master_weights", 0)
     records = r0["comm"]["records"]
-    model_wire = sum(int(r["wire_bytes"] or 0) for r in records if r["size_bytes"] >= SMALL)
     small_wire = sum(int(r["wire_bytes"] or 0) for r in records if r["size_bytes"] < SMALL)
+    if any(r["wire_bytes"] is None for r in records):  # point to point (pp): only the step's total is known
+        model_wire = int(r0["comm"]["wire_total"] or 0) - small_wire
+    else:
+        model_wire = sum(int(r["wire_bytes"] or 0) for r in records if r["size_bytes"] >= SMALL)
     return StrategyRow(strategy=name, max_weight_rel_diff=rel, max_loss_diff=dloss, memory=memory,
                        memory_formula=mem_formula, comm=r0["comm"]["summary"],
                        comm_formula=_formula_comm(name, spec, params, world), wire_model_bytes=model_wire,
