@@ -29,6 +29,7 @@ from trainlab.cli.app import (
     _training_overrides,
     app,
 )
+from trainlab.cli.rl import RewardOpt
 
 
 def _data_extra(data: str | None, strict: bool, eval_data: str | None, save_dtype: str | None) -> dict[str, Any]:
@@ -106,6 +107,7 @@ def ppo(
     config: ConfigOpt = None,
     preset: PresetOpt = "quick",
     model: AlignModelOpt = None,
+    reward: RewardOpt = None,
     reward_model: RewardModelOpt = None,
     data: Annotated[str | None, typer.Option(
         "--data", help="prompts: a JSONL file with a 'prompt' per line (default: the embedded tasks, judged by "
@@ -127,8 +129,11 @@ def ppo(
 
     extra = _data_extra(data, False, None, save_dtype)
     extra["rl"] = {}
+    if reward is not None:
+        extra["rl"]["reward"] = reward
     if reward_model is not None:
-        extra["rl"].update(reward="model", reward_model=str(reward_model))
+        extra["rl"]["reward_model"] = str(reward_model)
+        extra["rl"].setdefault("reward", "model")
     cfg = ppo_config(preset=preset, config_file=config, extra=extra, model=model,
                      overrides=_training_overrides(max_steps, seed, device, overrides))
     out_dir = out or Path("runs/ppo")
