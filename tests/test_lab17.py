@@ -142,3 +142,23 @@ def test_lab_runs_leave_no_optimizer_checkpoint() -> None:
     _, out = align_suite()
     left = sorted(str(p.relative_to(out)) for p in Path(out).rglob("checkpoint*.pt"))
     assert left == []
+
+
+def test_lab17_accuracy_of_given_completions_equals_oracle_accuracy() -> None:
+    """The base model's completions are generated once; the accuracy computed from them is oracle_accuracy's;
+    the held-out prompts are the alignment data's."""
+    from trainlab.align.evaluate import oracle_accuracy, task_completions
+    from trainlab.labs.align_common import eval_task_records
+    from trainlab.labs.lab17 import _accuracy
+    from trainlab.recipes.align import build_alignment_data, load_policy, stage_config
+    from trainlab.recipes.base_model import embedded_base_model
+
+    base = embedded_base_model("tiny")
+    model, tok = load_policy(base, "cpu")
+    cfg = stage_config("sft", "tiny", device="cpu")
+    records = build_alignment_data("sft", cfg, tok).eval_records
+    assert eval_task_records(cfg, tok) == records  # without tokenizing the training set
+    assert _accuracy(records, task_completions(model, tok, records)).to_dict() \
+        == oracle_accuracy(model, tok, records).to_dict()
+    lab = _lab()
+    assert lab.data["accuracy"]["base"]["n"] == len(records)

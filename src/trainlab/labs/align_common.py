@@ -69,6 +69,18 @@ def describe_run(method: str, cfg: AlignRunConfig) -> str:
     return f"{method.upper()}, lr={lr:g}"
 
 
+def eval_task_records(cfg: AlignRunConfig, tokenizer: Any) -> list[Any]:
+    """The held-out task prompts of a stage config: ``build_alignment_data(...).eval_records`` without
+    tokenizing the training set when the data are the embedded tasks (what they are read from)."""
+    if isinstance(cfg.align_data.source, str) and cfg.align_data.source == "embedded":
+        from trainlab.align.records import embedded_alignment_data
+
+        return list(embedded_alignment_data(cfg.align_data).eval_records)
+    from trainlab.recipes.align import build_alignment_data
+
+    return list(build_alignment_data("sft", cfg, tokenizer).eval_records)
+
+
 def dpo_stage_config(ctx: Any) -> AlignRunConfig:
     """The shared DPO stage of labs 1.7 and 1.8: pure DPO with the method's other defaults."""
     from trainlab.recipes.align import stage_config
