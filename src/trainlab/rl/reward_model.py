@@ -315,6 +315,10 @@ def load_reward_model(path: str | Path, device: torch.device | str = "cpu") -> t
             check_safetensors(weight_files(p))
             tokenizer = load_tokenizer(p)
             rm = _rm_from_seqcls(_load_seqcls(p, from_causal=True, pad_token_id=_pad_id(tokenizer)))
+            from trainlab.model.checks import check_tokenizer, model_special_ids
+
+            check_tokenizer(tokenizer, embedding_rows=rm.vocab_size, special_ids=model_special_ids(config or {}),
+                            path=p)
     rm.source = read_source(p)
     return rm.to(device), tokenizer
 
