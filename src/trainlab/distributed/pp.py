@@ -21,11 +21,13 @@ copies equal (Megatron-LM's embedding group). The global gradient norm sums each
 Activations between stages travel point to point: ``b·s·h`` per micro-batch forward and again
 backward per boundary (`trainlab.distributed.comm.strategy_volume("pp", ...)`). Batches must be
 right-padded (positions are ``0..T-1``; the attention mask does not travel through the pipeline).
+Evaluation and the saved model gather the whole decoder (every stage's weights) on every rank.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -140,11 +142,19 @@ def _register() -> None:
         def validate(self, cfg: Any) -> None:
             if getattr(cfg, "precision", "fp32") == "fp16":
                 raise UserError("dist.strategy=pp with train.precision=fp16: use bf16 or fp32", key="train.precision")
+            k = int(getattr(cfg, "grad_accum", 1))
+            if self.schedule_name == "1f1b" and k < self.stages:
+                raise UserError(f"dist.pp_schedule=1f1b needs at least as many micro-batches as stages: "
+                                f"train.grad_accum={k} < dist.pp={self.stages}; raise train.grad_accum (the "
+                                "pipeline's micro-batches) or use dist.pp_schedule=gpipe", key="train.grad_accum")
 
         def wrap(self, model: nn.Module) -> nn.Module:
             if not hasattr(model, "layers") or not hasattr(model, "embed"):
                 raise UserError(f"pipeline parallel needs trainlab's Decoder; got {type(model).__name__}",
                                 key="dist.strategy")
+            from trainlab.distributed.fsdp import meta_skeleton
+
+            self._skeleton = meta_skeleton(model)
             self.module = PipelineStageModule(model, self.stage_index, self.stages)
             return self.module
 
@@ -262,13 +272,28 @@ def _register() -> None:
                 state.update(part)
             return state
 
+        def _full_model(self, model: nn.Module) -> nn.Module:
+            """The whole decoder with the trained weights, on every rank (collective: gathers every stage)."""
+            from trainlab.distributed.fsdp import load_into_skeleton
+
+            mine = {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith("tied_head")}
+            gathered: list[Any] = [None] * self.stages
+            dist.all_gather_object(gathered, mine, group=self.group)
+            state: dict[str, Tensor] = {}
+            for part in gathered:
+                state.update(part)
+            return load_into_skeleton(copy.deepcopy(self._skeleton), state).to(self.ctx.device)
+
         def final_model(self, model: nn.Module) -> nn.Module | None:
-            raise UserError("dist.strategy=pp: saving the final model is not implemented yet (the weights are in "
-                            "the lab's and the tests' full_state_dict)", key="dist.strategy")
+            full = self._full_model(model)
+            return full if self.ctx.is_main else None
 
         def forward(self, model: nn.Module, fn: Callable[[nn.Module], Any]) -> Any:
-            raise UserError("dist.strategy=pp runs micro-batches through its schedule (accumulate); evaluation "
-                            "through the pipeline is not implemented", key="dist.strategy")
+            """Evaluation (the loop's eval_fn): on the whole model gathered on every rank, each computing the same
+            numbers (simple and exact; a pipelined forward-only schedule is not implemented)."""
+            full = self._full_model(model)
+            full.train(model.training)
+            return fn(full)
 
         def micro_step(self, model: nn.Module, last: bool) -> contextlib.AbstractContextManager[Any]:
             return contextlib.nullcontext()
