@@ -160,3 +160,19 @@ def test_ppo_with_lora_uses_the_base_as_reference_without_a_copy(base_model: Pat
     assert s["forward_passes_per_rollout"] == {"generate": 1, "policy": 1, "reference": 1}
     assert s["peft"]["adapter_dir"] and Path(s["peft"]["adapter_dir"], "adapter_config.json").is_file()
     assert s["history"][-1]["grad_norm"] > 0
+
+
+def test_trainlab_ppo_refuses_completions_past_the_models_positions(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from _hf_tiny import hf_model_dir
+
+    from trainlab.cli import run_cli
+
+    model = hf_model_dir(tmp_path / "gpt2", "gpt2", positions=64)  # TRL's defaults: 53 new tokens
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"{i}. What is 2+3? The answer is"}) + "\n" for i in range(4)))
+    code = run_cli(["ppo", "--model", str(model), "--data", str(prompts), "--out", str(tmp_path / "o"),
+                    "train.device=cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "rl.max_new_tokens=53" in err[-1] and "64 positions" in err[-1]
+    assert not (tmp_path / "o").exists()

@@ -346,10 +346,11 @@ def run_ppo(cfg: RLRunConfig, model_dir: str | Path, out_dir: str | Path, *, res
             counter.watch("value", critic.value_model)
         if scorer is not None:
             counter.watch("reward_model", scorer.model)
-        out.mkdir(parents=True, exist_ok=True)
         batcher = PPOBatcher(critic, tokenizer, items, rl, reward_fn, reference, micro_batch=cfg.train.batch_size,
                              seed=cfg.train.seed, autocast=lambda: autocast_context(device, cfg.train.precision),
                              chunk_size=cfg.align.chunk_size, counter=counter)
+        _check_positions(policy, batcher.ids, rl.max_new_tokens)
+        out.mkdir(parents=True, exist_ok=True)  # inputs known good: bad input writes nothing
         objective = PPOObjective(rl, chunk_size=cfg.align.chunk_size)
         eval_fn = None
         if evaluate_oracle and eval_records and cfg.train.eval_every:
@@ -436,6 +437,19 @@ def run_ppo(cfg: RLRunConfig, model_dir: str | Path, out_dir: str | Path, *, res
     }
     write_json(out / "summary.json", summary)
     return summary
+
+
+def _check_positions(policy: Any, prompts: list[list[int]], max_new_tokens: int) -> None:
+    """The longest prompt plus ``rl.max_new_tokens`` must fit the model's positions (GPT-2's learned position
+    table would index past its end)."""
+    from trainlab.recipes.align_model import max_positions
+
+    limit = max_positions(policy)
+    longest = max((len(p) for p in prompts), default=0)
+    if limit is not None and longest + max_new_tokens > limit:
+        raise UserError(f"the longest prompt ({longest} tokens) plus rl.max_new_tokens={max_new_tokens} exceeds the "
+                        f"model's {limit} positions: lower rl.max_new_tokens (at most {max(limit - longest, 0)}) or "
+                        "use shorter prompts", key="rl.max_new_tokens")
 
 
 def _mean_counts(rows: list[dict[str, int]]) -> dict[str, float]:
