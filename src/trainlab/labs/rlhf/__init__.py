@@ -171,32 +171,47 @@ def part_cost(ctx: LabContext, st: dict[str, Any]) -> Part:
         return mib(float((s.get("peak_memory") or {}).get("peak_bytes", math.nan)))
 
     dpo_networks = 1 + int(ref.get("mode") == "frozen")
+    # weights, gradients and AdamW states held while training (exact sizes; activations aside): RSS above a run's
+    # start also counts the allocator's pools and lazy imports, which the first run in a process pays alone
+    p_bytes = float(sum(q.numel() * q.element_size() for q in grpo["_model"].parameters()))
+    models = ppo.get("models") or {}
+    mem = dpo.get("memory") or {}
+    held = {
+        "dpo": float(sum(mem.get(k, 0) for k in ("parameters", "gradients", "optimizer", "reference"))),
+        "ppo": 4.0 * (models.get("policy", p_bytes) + models.get("value", 0.0)) + models.get("reference", 0.0)
+        + models.get("reward_model", 0.0),
+        "grpo": 4.0 * p_bytes,
+        "grpo_rm": 4.0 * p_bytes + float(models.get("reward_model", p_bytes)),
+    }
     ppo_networks = sorted(ppo.get("models_forwarded") or [k for k in _passes(ppo) if k != "generate"])
     b: Budget = st["budget"]
     rows = [
         ["DPO", f"{dpo['steps']} steps × {dpo['config']['train']['batch_size']} pairs", dpo_cost, peak(dpo),
          f"policy (chosen+rejected rows in one pass); reference {ref.get('mode', '?')}"
-         + (" (one pass before training)" if ref.get("mode") == "cached" else ""), dpo_networks],
+         + (" (one pass before training)" if ref.get("mode") == "cached" else ""), dpo_networks, mib(held["dpo"])],
         ["RLHF: RM + PPO", f"RM {rm['steps']} steps; PPO {len(ppo.get('rollouts') or [])} rollouts, "
          f"{ppo['steps']} updates", rlhf_cost, max(peak(rm), peak(ppo)), ", ".join(ppo_networks),
-         len(ppo_networks)],
+         len(ppo_networks), mib(held["ppo"])],
         ["GRPO (oracle)", f"{len(grpo['rollouts'])} rollouts, {grpo['steps']} updates", grpo_cost, peak(grpo),
          ", ".join(k for k in _passes(grpo) if k != "reference") + " (+ reference for the KL curve)",
-         len([k for k in _passes(grpo) if k not in ("generate", "reference")])],
+         len([k for k in _passes(grpo) if k not in ("generate", "reference")]), mib(held["grpo"])],
         ["RM + GRPO", f"RM {rm['steps']} steps; {len(grm['rollouts'])} rollouts", grm_cost,
          max(peak(rm), peak(grm)), ", ".join(k for k in _passes(grm) if k != "reference")
          + " (+ reference for the KL curve)",
-         len([k for k in _passes(grm) if k not in ("generate", "reference")])],
+         len([k for k in _passes(grm) if k not in ("generate", "reference")]), mib(held["grpo_rm"])],
     ]
     part.tables.append(Table(
         title="Training cost per pipeline (after SFT)",
         columns=["pipeline", "what ran", "training time (s)", "peak memory (MiB, RSS above start)",
-                 "networks forwarded per optimizer step", "networks (excl. sampling)"],
+                 "networks forwarded per optimizer step", "networks (excl. sampling)",
+                 "weights + grads + AdamW states held (MiB)"],
         rows=rows,
         note=f"Training time: the optimizer steps (incl. sampling for RL) plus DPO's reference pass; RL budget "
              f"{b.rollouts} rollouts × {b.prompts} prompts × {b.group} completions ({b.completions} completions, "
              f"at most {b.max_new_tokens} tokens each). GRPO's frozen reference only measures KL here (β = 0): "
-             f"it is not counted as a network the method needs. {ctx.env.short()}."))
+             f"it is not counted as a network the method needs (nor in the held bytes). Peak memory: process RSS above "
+             f"each run's start, which for the first RL run of a process also holds the allocator's pools and "
+             f"lazy imports; the held bytes are exact sizes. {ctx.env.short()}."))
     cheaper = 1.0 - dpo_cost / rlhf_cost if rlhf_cost > 0 else math.nan
     if not math.isfinite(cheaper):
         verdict = "not measurable here"
@@ -227,6 +242,7 @@ def part_cost(ctx: LabContext, st: dict[str, Any]) -> Part:
     part.figures.append(cost_figure(ctx.out_dir, ctx.rel, [r[0] for r in rows], [r[2] for r in rows],
                                     [r[3] for r in rows]))
     part.data = {"cost_s": {"dpo": dpo_cost, "rlhf": rlhf_cost, "grpo": grpo_cost, "rm_grpo": grm_cost},
+                 "held_bytes": held,
                  "dpo_cheaper_than_rlhf": cheaper, "networks": {"dpo": dpo_networks, "ppo": ppo_networks}}
     return part
 
