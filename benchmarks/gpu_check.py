@@ -128,7 +128,7 @@ def steps(py: str, work: Path, dry: bool) -> list[Step]:
              produces="env.json"),
         Step("attention_tests", tests, 40 if dry else 75, interp, produces="attention_tests.xml"),
         Step("bench_attention", bench, 40 if dry else 120, interp, produces="bench_attention"),
-        Step("attention_check", check, 40 if dry else 60, interp, produces="attention_check.json"),
+        Step("attention_check", check, 40 if dry else 90, interp, produces="attention_check.json"),
         Step("tile_sweep", sweep, 40 if dry else 60, interp, produces="tile_sweep.json"),
         Step("labs", labs, 60 if dry else 100, produces="labs/results.json"),
         Step("bench_align", align, 60 if dry else 75, produces="bench_align"),
