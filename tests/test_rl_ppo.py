@@ -113,6 +113,8 @@ def test_ppo_resumes_in_the_middle_of_a_rollout(base_model: Path, tmp_path: Path
                       evaluate_oracle=False)
     assert resumed["resumed_from"] == 3
     assert straight["kl_coef_curve"][-1] != straight["kl_coef_curve"][0]  # the adaptive β moved
+    assert min(straight["kl_curve"]) >= 0.0 and straight["kl_curve"][-1] > 0.0  # k3 per token: >= 0, > 0 once moved
+    assert len(straight["kl_seq_curve"]) == len(straight["kl_curve"]) == 2
     a, b = load_model(straight["model_dir"]), load_model(resumed["model_dir"])
     for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
         torch.testing.assert_close(pa, pb, rtol=0, atol=0, msg=name)

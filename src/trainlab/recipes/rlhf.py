@@ -281,7 +281,8 @@ def run_ppo(cfg: RLRunConfig, model_dir: str | Path, out_dir: str | Path, *, res
     """PPO from the policy in ``model_dir`` into ``out_dir`` (module docstring); returns the summary.
 
     Summary keys: ``model_dir`` (the saved policy), ``value_dir``, ``accuracy`` (oracle accuracy on held-out
-    task prompts, ``overall`` and ``per_task``), ``rollouts`` (per rollout: ``reward``, ``kl``, ``kl_coef``,
+    task prompts, ``overall`` and ``per_task``), ``rollouts`` (per rollout: ``reward``, ``kl`` (k3 per token, as GRPO),
+    ``kl_seq`` (the controller's sequence KL, ``rl.kl_estimator``), ``kl_coef``,
     ``completion_length``, ``passes``...), ``reward_curve``, ``kl_curve``, ``history`` (per logged step:
     loss, pg_loss, vf_loss, clip ratios, reward, kl), forward passes counted per network (sampling counted
     as one ``generate``): ``forward_passes_per_rollout`` (mean per rollout), ``forward_passes_per_update`` (mean
@@ -430,7 +431,8 @@ def run_ppo(cfg: RLRunConfig, model_dir: str | Path, out_dir: str | Path, *, res
         "models_forwarded": sorted(k for k in {**per_rollout, **per_step} if k != "generate"),
         "models": models, "peak_memory": peak, "peak_mem_bytes": int(peak["peak_bytes"]), "device": str(device),
         "rollouts": rollouts, "reward_curve": [h["reward"] for h in rollouts],
-        "kl_curve": [h["kl"] for h in rollouts], "kl_coef_curve": [h["kl_coef"] for h in rollouts],
+        "kl_curve": [h["kl"] for h in rollouts], "kl_seq_curve": [h["kl_seq"] for h in rollouts],
+        "kl_coef_curve": [h["kl_coef"] for h in rollouts],
         "history": result.history, "eval_history": result.eval_history, "accuracy": accuracy,
         "samples": batcher.samples, "n_prompts": len(items), "config": dump_config(cfg),
         "metrics_path": str(result.metrics_path), "stopped_reason": result.stopped_reason,

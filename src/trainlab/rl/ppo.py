@@ -18,7 +18,8 @@ policy π_old on the KV cache, then, with no gradient:
   ``R_t = A_t + V_old(t)``; advantages whitened over the rollout's tokens (``rl.whiten_advantages``);
 * the KL controller moves β (`AdaptiveKLController`, Ziegler et al. §2.2):
   ``e = clip(KL/KL_target − 1, −0.2, 0.2)``, ``β ← β·(1 + e·N/horizon)`` with ``KL`` the mean
-  sequence KL of the rollout; `FixedKLController` keeps β.
+  sequence KL of the rollout (``kl_seq``: Σ_t KL_t); `FixedKLController` keeps β. The ``kl`` reported per
+  rollout and step is the k3 estimate per completion token, what the GRPO runs report, so curves compare.
 
 Then ``rl.ppo_epochs`` passes over the rollout, each in ``rl.mini_batches`` shuffled mini-batches: every
 mini-batch is one optimizer step of the one `trainlab.train.Trainer` (the batcher hands it out as the
@@ -178,8 +179,8 @@ class PassCounter:
 # ------------------------------------------------------------------------------------------
 
 _ROLLOUT_KEYS = ("input_ids", "attention_mask", "completion_mask", "old_logps", "values", "returns", "advantages")
-_STAT_KEYS = ("reward", "reward_raw", "score", "kl", "kl_coef", "non_score_reward", "value_mean", "return_mean",
-              "completion_length", "eos_rate", "generate_s")
+_STAT_KEYS = ("reward", "reward_raw", "score", "kl", "kl_seq", "kl_coef", "non_score_reward", "value_mean",
+              "return_mean", "completion_length", "eos_rate", "generate_s")
 
 
 class PPOBatcher(RolloutBatcher):
@@ -261,9 +262,11 @@ class PPOBatcher(RolloutBatcher):
             advantages = masked_whiten(advantages, loss_mask) * loss_mask.float()
         seq_kl = float(kl.sum(dim=1).mean())
         self.kl.update(seq_kl, r.n)
+        # what every RL run of trainlab reports as "kl": k3 per completion token (GRPO's metric, TRL's estimator)
+        tok_kl = float((kl_estimate(old_logps, ref_logps, "k3") * m).sum() / m.sum().clamp(min=1))
         passes = self.counter.take() if self.counter is not None else {}
         record = {"rollout": self.rollouts, "reward": float(score.mean()), "reward_raw": float(raw.mean()),
-                  "score": float(raw.mean()), "kl": seq_kl, "kl_ref": seq_kl, "kl_coef": beta,
+                  "score": float(raw.mean()), "kl": tok_kl, "kl_ref": tok_kl, "kl_seq": seq_kl, "kl_coef": beta,
                   "non_score_reward": float((-beta * kl).sum(dim=1).mean()),
                   "value_mean": float(values.sum() / m.sum().clamp(min=1)),
                   "return_mean": float(returns.sum() / m.sum().clamp(min=1)),
