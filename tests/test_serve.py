@@ -395,6 +395,37 @@ def test_a_job_joining_mid_batch_gets_the_tokens_it_gets_alone(served):
     assert width >= len(ids["c"])  # the running rows were padded on the left to the new, longer prompt
 
 
+def test_a_cache_that_cannot_be_realigned_decodes_its_batch_to_the_end(served, monkeypatch):
+    """Sliding-window or quantized cache layers cannot take new rows: the stepper says so (joinable False),
+    refuses a join, keeps finished rows decoding padding until the batch ends, and every job still gets its
+    solo answer; the batcher then admits new requests only between batches."""
+    from trainlab.serve import stepper as stepper_mod
+    from trainlab.serve.engine import Job
+
+    _, engine, _ = served
+
+    def refuse(cache):
+        raise stepper_mod.CacheNotJoinable("test")
+
+    monkeypatch.setattr(stepper_mod, "cache_layers", refuse)
+    asks = {"a": ("The quick brown fox", 12), "b": ("Hi", 3)}
+    ids = {k: engine.text_prompt(p) for k, (p, _) in asks.items()}
+    solo = {k: _solo(engine, ids[k], max_tokens=m, temperature=0) for k, (_, m) in asks.items()}
+    jobs = {k: Job(ids[k], max_tokens=m, temperature=0) for k, (_, m) in asks.items()}
+    st = stepper_mod.Stepper(engine)
+    done: list = []
+    with engine.lock, torch.no_grad():
+        done += st.admit([jobs["a"], jobs["b"]])
+        assert not st.joinable
+        with pytest.raises(stepper_mod.CacheNotJoinable):
+            st.admit([Job(ids["b"], max_tokens=2, temperature=0)])
+        while st.live:
+            done += st.step()
+            assert st.rows == (2 if st.live else 0)  # no row leaves early
+    assert {id(j) for j in done} == {id(j) for j in jobs.values()}
+    assert {k: [(c.token_ids, c.text, c.finish_reason) for c in j.choices] for k, j in jobs.items()} == solo
+
+
 def test_a_request_joins_the_running_batch_and_a_disconnect_frees_its_slot(served):
     """Over HTTP: a request sent while another streams joins the running batch (max batch 4) and gets its solo
     answer; with one slot (max batch 1), a client that disconnects frees it at the next step for the next
