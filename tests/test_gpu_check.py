@@ -35,6 +35,7 @@ def dry_run(tmp_path_factory):
     return proc, summary, out
 
 
+@pytest.mark.slow  # the whole dry run: ~40 s of CPU (7 subprocesses), <= 60 s on a quiet machine
 def test_dry_run_runs_every_step_and_records_its_numbers(dry_run):
     proc, summary, out = dry_run
     steps = {s["name"]: s for s in summary["steps"]}
@@ -60,6 +61,7 @@ def test_dry_run_runs_every_step_and_records_its_numbers(dry_run):
     assert [r["case"] for r in res["bench_align"]["runs"]] == ["trainlab-dpo"]  # TRL's import is the slow part
 
 
+@pytest.mark.slow
 def test_results_generator_renders_rows_and_refuses_dry_run_numbers(dry_run, tmp_path):
     _, _, out = dry_run
     script = ROOT / "scripts" / "gpu_results.py"
