@@ -50,15 +50,22 @@ def test_nproc_2_ddp_equals_nproc_1_and_rank_0_alone_writes(tmp_path: Path) -> N
     assert not (tmp_path / "two" / "checkpoint.dcp").exists()  # released after the model was saved
 
 
-def test_an_error_on_the_ranks_is_one_line_naming_the_rank(tmp_path: Path) -> None:
-    # dist.strategy=none refuses to run on 2 processes: a UserError raised inside the workers (the launcher
-    # only validates the config), before any data is built
-    proc = _trainlab(*ARGS, "--nproc", "2", "dist.strategy=none", "--out", str(tmp_path / "bad"), cwd=tmp_path)
+def test_an_error_on_the_ranks_is_one_line_naming_the_rank(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    # a missing --data file is found by the ranks (the launcher checks the config, not the data)
+    proc = _trainlab(*ARGS, "--nproc", "2", "--data", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "bad"),
+                     cwd=tmp_path)
     assert proc.returncode == 2, (proc.returncode, proc.stderr)
     assert "Traceback" not in proc.stderr
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error: rank ") and "dist.strategy=none" in lines[0], lines[0]
+    assert lines[0].startswith("error: rank ") and "missing.txt" in lines[0], lines[0]
+    # what every rank would refuse is refused before any rank starts (no rank named)
+    for bad, needle in (("dist.strategy=none", "dist.strategy=none"), ("train.batch_size=3", "train.batch_size=3")):
+        capsys.readouterr()
+        assert run_cli([*ARGS, "--nproc", "2", bad, "--out", str(tmp_path / "bad2")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and needle in err and "rank" not in err, err
+        assert not (tmp_path / "bad2").exists()
 
 
 def test_nproc_is_taken_out_of_the_command_line_and_errors_name_the_rank(monkeypatch) -> None:  # type: ignore[no-untyped-def]

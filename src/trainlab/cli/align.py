@@ -82,7 +82,7 @@ def _align_command(method: str, overrides: list[str] | None, config: Path | None
         from trainlab.recipes.base_model import embedded_base_model
 
         model = embedded_base_model(preset, quiet=as_json)  # the base model of the same preset
-    _launch_if_asked(nproc)  # --nproc N: the same command on N ranks (inputs checked and built above)
+    _launch_if_asked(nproc, cfg)  # --nproc N: the same command on N ranks (inputs checked and built above)
     result = run_alignment(method, cfg, model, out_dir, resume=mode, quiet=as_json, force=force).summary
     shown = {k: result[k] for k in ("method", "model_in", "model_dir", "defaults", "save_dtype", "steps", "unit",
                                     "units_seen", "final_loss",

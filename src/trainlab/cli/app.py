@@ -108,12 +108,15 @@ def _training_overrides(max_steps: int | None, seed: int | None, device: str | N
         out.append(f"train.device={device}")
     return out + list(extra or [])
 
-def _launch_if_asked(nproc: int | None) -> None:
-    """``--nproc N`` (N > 1) outside torchrun: run this command line on N ranks and exit with their code."""
-    from trainlab.distributed.launch import launch, strip_nproc, worker_rank
+def _launch_if_asked(nproc: int | None, cfg: Any = None) -> None:
+    """``--nproc N`` (N > 1) outside torchrun: run this command line on N ranks and exit with their code
+    (``cfg``, the run's config, is checked for N processes first)."""
+    from trainlab.distributed.launch import check_launch, launch, strip_nproc, worker_rank
 
     if nproc is None or nproc <= 1 or worker_rank() is not None:
         return
+    if cfg is not None:
+        check_launch(cfg, nproc)
     _, argv = strip_nproc(list(ARGV) if ARGV is not None else sys.argv[1:])
     code = launch(nproc, argv)
     if code == 130:  # interrupted: rank 0 said where the checkpoint is (typer's Exit(130) would add "aborted")

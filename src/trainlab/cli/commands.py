@@ -144,7 +144,7 @@ def pretrain(
     out_dir = out or Path("runs/pretrain")
     mode = _resume_mode(resume, resume_or_start)
     check_run_dirs(out_dir, mode, force=force)
-    _launch_if_asked(nproc)  # --nproc N: the same command on N ranks (config and folders checked above)
+    _launch_if_asked(nproc, cfg)  # --nproc N: the same command on N ranks (config and folders checked above)
     result = run_pretrain(cfg, out_dir, resume=mode, quiet=as_json, force=force)
     _emit(result, as_json)
     if not as_json:

@@ -31,6 +31,7 @@ import tempfile
 import traceback
 import uuid
 from pathlib import Path
+from typing import Any
 
 from trainlab.errors import UserError
 
@@ -95,6 +96,17 @@ def strip_nproc(argv: list[str]) -> tuple[int | None, list[str]]:
         except ValueError:
             raise UserError(f"--nproc {value!r}: expected a number of processes") from None
     return nproc, out
+
+
+def check_launch(cfg: Any, nproc: int) -> None:
+    """Before starting ranks: what the run's config says about ``nproc`` processes that would fail in
+    every rank (the strategy name, the mesh, the split of the micro-batch), as one `UserError` here."""
+    from trainlab.distributed.mesh import mesh_shape
+    from trainlab.distributed.strategy import resolve_strategy_name
+    from trainlab.train.data import StepBatcher
+
+    resolve_strategy_name(cfg.dist, nproc)
+    StepBatcher.check_shard(cfg.train.batch_size, mesh_shape(cfg.dist, nproc).dp)
 
 
 def launch(nproc: int, argv: list[str]) -> int:
@@ -175,7 +187,12 @@ def _report(exc: object, errors: Path, logs: Path) -> tuple[int, bool]:
         first = recorded[0]
         rank = int(first.stem.removeprefix("rank"))
         sys.stderr.write(first.read_text(encoding="utf-8").rstrip("\n") + "\n")
-        return (codes.get(rank, 1) if codes.get(rank, 1) > 0 else 1), False
+        # the exit code the rank chose (it writes it on its way out; torchrun may have ended it first, or
+        # reported only the first rank it saw fail)
+        chosen = {int(f.stem.removeprefix("rank")): int(f.read_text() or 1) for f in errors.glob("rank*.code")}
+        code = chosen.get(rank) or next(iter(chosen.values()), 0) or codes.get(rank, 0) or \
+            next((c for c in codes.values() if c > 0), 1)
+        return (code if code > 0 else 1), False
     interrupted = [c for c in codes.values() if c == 130]
     if interrupted:
         return 130, False
@@ -183,6 +200,15 @@ def _report(exc: object, errors: Path, logs: Path) -> tuple[int, bool]:
     how = _signal_name(-code) if code < 0 else f"exit code {code}"
     sys.stderr.write(f"error: rank {rank} ended with {how} without a message (the other ranks' output: {logs})\n")
     return 1, True
+
+
+def _record_code(code: object) -> None:
+    """Next to a recorded error line: the exit code this rank ends with (for the launcher)."""
+    rank, folder = worker_rank(), os.environ.get(ERROR_DIR_ENV)
+    if rank is None or not folder or not (Path(folder) / f"rank{rank}.txt").exists():
+        return
+    with contextlib.suppress(OSError):
+        (Path(folder) / f"rank{rank}.code").write_text(str(int(code or 0)))
 
 
 def _signal_name(num: int) -> str:
@@ -198,6 +224,7 @@ def worker_main(run: object) -> int:
     and the process group is left at the end."""
     try:
         code = run()  # type: ignore[operator]
+        _record_code(code)
     except BaseException as exc:
         if worker_rank() is None or isinstance(exc, SystemExit):
             raise
@@ -206,6 +233,7 @@ def worker_main(run: object) -> int:
         if not record_error(line):
             traceback.print_exc()
         code = 1
+        _record_code(code)
     finally:
         from trainlab.distributed import env
 

@@ -78,11 +78,16 @@ class StepBatcher:
 
     def shard(self, rank: int, world: int) -> None:
         """Keep only rank ``rank``'s share of every micro-batch (of ``world`` equal shares)."""
-        if self.batch_size % world:
-            raise UserError(f"train.batch_size={self.batch_size} does not split over {world} data-parallel processes: "
+        self.check_shard(self.batch_size, world)
+        self.rank, self.world = rank, world
+
+    @staticmethod
+    def check_shard(batch_size: int, world: int) -> None:
+        """`UserError` unless a micro-batch of ``batch_size`` splits into ``world`` equal shares."""
+        if batch_size % world:
+            raise UserError(f"train.batch_size={batch_size} does not split over {world} data-parallel processes: "
                             f"use a multiple of {world} (it is the global micro-batch: each process takes "
                             f"batch_size / {world})", key="train.batch_size")
-        self.rank, self.world = rank, world
 
     @property
     def examples_per_step(self) -> int:
