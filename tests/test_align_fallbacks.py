@@ -74,3 +74,15 @@ def test_publish_accepts_each_presets_base_config(tmp_path: Path, monkeypatch: p
         assert (base_model.base_model_dir(cfg) / "model" / "config.json").is_file()
     other = load_config(preset="tiny", overrides=["train.max_steps=3"])
     assert not base_model.publish_base_model(other, model)
+
+
+def test_base_model_key_ignores_sections_pretraining_does_not_read() -> None:
+    """Every config section added (peft, dist, ...) gave each cached base model a new key: retrained."""
+    from trainlab.config import load_config
+    from trainlab.recipes.base_model import base_model_dir
+
+    cfg = load_config(preset="quick")
+    assert base_model_dir(cfg) == base_model_dir(cfg.model_copy(update={"peft": cfg.peft.model_copy(
+        update={"method": "lora"})}))
+    assert base_model_dir(cfg) != base_model_dir(cfg.model_copy(update={"train": cfg.train.model_copy(
+        update={"lr": cfg.train.lr / 2})}))

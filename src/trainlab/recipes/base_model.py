@@ -26,8 +26,10 @@ def base_model_config(preset: str = "quick") -> RunConfig:
 
 
 def base_model_dir(cfg: RunConfig) -> Path:
-    """The cache folder for a base model trained with ``cfg`` (the device does not change the key)."""
-    described = cfg.model_dump(mode="json")
+    """The cache folder for a base model trained with ``cfg``: the key hashes what shapes the model (the model,
+    data and train sections; not the device, nor sections a pre-training run does not read, such as ``peft`` or
+    ``dist``, so that adding a config section does not retrain every cached base model)."""
+    described = cfg.model_dump(mode="json", include={"model", "data", "train"})
     described["train"].pop("device", None)
     key = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:12]
     return trainlab_home() / "models" / f"base-{key}"
