@@ -174,3 +174,29 @@ def test_cli_greedy_matches_transformers(case):
     expected = [tok.decode([t for t in row if t != tok.eos_token_id], skip_special_tokens=True)
                 for row in _reference(folder, prompts)]
     assert [g["completion"] for g in got] == expected
+
+
+def test_static_cache_greedy_matches_transformers(case):
+    """`trainlab generate` decodes our decoder with the preallocated cache by default (--cache auto): the same
+    tokens; a transformers model asked for it explicitly is one error line."""
+    from trainlab.errors import UserError
+    from trainlab.model.static_cache import supports_static
+
+    name, folder = case
+    model = load_model(folder)
+    tok = getattr(model, "tokenizer", None) or _tokenizer_for(name)
+    prompts = _prompts(tok)
+    auto = generate_ids(model, tok, prompts, max_new_tokens=MAX_NEW, cache="auto")
+    assert auto == _reference(folder, prompts)
+    if supports_static(model):
+        assert generate_ids(model, tok, prompts, max_new_tokens=MAX_NEW, cache="static") == auto
+    else:
+        with pytest.raises(UserError):
+            generate_ids(model, tok, prompts, max_new_tokens=MAX_NEW, cache="static")
+
+
+def test_cli_cache_option_is_checked(capsys):
+    from trainlab.cli import run_cli
+
+    assert run_cli(["generate", "--cache", "paged", "-p", "hi"]) == 2
+    assert "--cache 'paged': expected auto, static or dynamic" in capsys.readouterr().err

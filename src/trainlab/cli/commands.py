@@ -162,6 +162,8 @@ def generate(
     top_p: Annotated[float, typer.Option("--top-p")] = 1.0,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     device: Annotated[str, typer.Option("--device")] = "auto",
+    cache: Annotated[str, typer.Option("--cache", help="KV cache: auto (static where the model supports it: "
+                                       "trainlab's decoder without adapters), static, dynamic")] = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Sample continuations from a model (greedy by default)."""
@@ -169,8 +171,10 @@ def generate(
 
     if not prompt:
         raise UserError("give at least one --prompt TEXT")
+    if cache not in ("auto", "static", "dynamic"):
+        raise UserError(f"--cache {cache!r}: expected auto, static or dynamic")
     outputs = generate_texts(model, list(prompt), max_new_tokens=max_new_tokens, temperature=temperature,
-                             top_k=top_k, top_p=top_p, seed=seed, device=device)
+                             top_k=top_k, top_p=top_p, seed=seed, device=device, cache=cache)
     if as_json:
         _emit([{"prompt": p, "completion": c} for p, c in zip(prompt, outputs, strict=True)], True)
         return

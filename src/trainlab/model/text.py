@@ -169,13 +169,18 @@ def _cut_at_stop(row: list[int], stop: set[int]) -> list[int]:
 
 @torch.no_grad()
 def generate_ids(model: Any, tokenizer: Any, prompts: Sequence[str], params: SamplingParams | None = None, *,
-                 batch_size: int = 64, seed: int = 0, **options: Any) -> list[list[int]]:
+                 batch_size: int = 64, seed: int = 0, cache: str = "dynamic", **options: Any) -> list[list[int]]:
     """The new token ids for each prompt, up to and including the stop token that ended it.
 
     ``params`` / ``options``: :class:`SamplingParams`; unless they name ``eos_token_id``, generation
     stops at :func:`stop_token_ids`, and padding is the tokenizer's. Sampling (``temperature > 0``)
-    draws from a generator seeded with ``seed``.
+    draws from a generator seeded with ``seed``. ``cache``: "dynamic", "static" (our decoder's preallocated
+    cache, the same tokens) or "auto" (static where the model supports it).
     """
+    if cache == "auto":
+        from trainlab.model.static_cache import supports_static
+
+        cache = "static" if supports_static(model) else "dynamic"
     sp = SamplingParams.of(params, options)
     if not sp.eos_ids:
         sp = SamplingParams.of(sp, {"eos_token_id": stop_token_ids(model, tokenizer)})
@@ -191,7 +196,7 @@ def generate_ids(model: Any, tokenizer: Any, prompts: Sequence[str], params: Sam
     try:
         for start in range(0, len(prompts), batch_size):
             ids, mask = encode_prompts(tokenizer, list(prompts[start:start + batch_size]))
-            gen = model.generate(ids.to(device), mask.to(device), sp, generator=generator)
+            gen = model.generate(ids.to(device), mask.to(device), sp, generator=generator, cache=cache)
             out += [_cut_at_stop(row, stop) for row in gen[:, ids.shape[1]:].tolist()]
     finally:
         model.train(was_training)
@@ -199,9 +204,9 @@ def generate_ids(model: Any, tokenizer: Any, prompts: Sequence[str], params: Sam
 
 
 def complete_prompts(model: Any, tokenizer: Any, prompts: Sequence[str], params: SamplingParams | None = None, *,
-                     batch_size: int = 64, seed: int = 0, **options: Any) -> list[str]:
+                     batch_size: int = 64, seed: int = 0, cache: str = "dynamic", **options: Any) -> list[str]:
     """The decoded continuation of each prompt (stop token and special tokens left out)."""
-    rows = generate_ids(model, tokenizer, prompts, params, batch_size=batch_size, seed=seed, **options)
+    rows = generate_ids(model, tokenizer, prompts, params, batch_size=batch_size, seed=seed, cache=cache, **options)
     stop = set(SamplingParams.of(params, options).eos_ids) or set(stop_token_ids(model, tokenizer))
     texts = []
     for row in rows:

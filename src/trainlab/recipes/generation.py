@@ -17,7 +17,7 @@ from trainlab.train.device import resolve_device
 
 
 def generate_texts(model_path: Path | None, prompts: list[str], *, max_new_tokens: int, temperature: float,
-                   top_k: int, top_p: float, seed: int, device: str) -> list[str]:
+                   top_k: int, top_p: float, seed: int, device: str, cache: str = "auto") -> list[str]:
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
     if model_path is None:
         from trainlab.recipes.base_model import embedded_base_model
@@ -27,4 +27,4 @@ def generate_texts(model_path: Path | None, prompts: list[str], *, max_new_token
     model = load_model(model_path, dtype=read_source(Path(model_path)).dtype)
     tokenizer = getattr(model, "tokenizer", None) or load_tokenizer(model_path)
     model.to(resolve_device(device))
-    return complete_prompts(model, tokenizer, prompts, params, seed=seed)
+    return complete_prompts(model, tokenizer, prompts, params, seed=seed, cache=cache)
