@@ -1,7 +1,8 @@
 """Lab: distributed training on 2 CPU processes — what each strategy costs and saves, measured.
 
-1. `measure.measure_strategies`: DDP, FSDP2 as ZeRO-2 and ZeRO-3, tensor parallel (and whatever else
-   is registered and asked for) on 2 gloo processes against the one-process run on the same global
+1. `measure.measure_strategies`: DDP, ZeRO-1 (torch), FSDP2 as ZeRO-2 and ZeRO-3, tensor and pipeline
+   parallel, DeepSpeed ZeRO where installed (quick: stage 2; full: 1-3) on 2 gloo processes against the
+   one-process run on the same global
    batches: equivalence, memory per rank by component (measured vs the ZeRO formulas), bytes sent
    per rank (measured on the wire vs the ring formulas), step time.
 2. The formulas at scale: `trainlab calc comm` (7B on 8 GPUs), the ZeRO paper's table (7.5B, 64 GPUs).
@@ -134,7 +135,8 @@ def strategy_table(data: dict[str, Any]) -> Table:
                  columns=["strategy", "max rel Δ weights vs 1 process", "max |Δ loss|", "parameters KiB (meas / "
                           "formula)", "gradients KiB", "optimizer KiB", "activations KiB", "peak KiB",
                           "sent/rank KiB (wire)", "formula KiB (ring / gloo)", "collectives in the step", "step ms"],
-                 rows=rows, note="Memory per rank: local storages (DTensor shards); activations: live after the first "
+                 rows=rows, note="Memory per rank: local storages (DTensor shards); gradients: held when the update "
+                 "starts (after the step's reductions; DeepSpeed's partitions); activations: live after the first "
                  "micro-batch's forward. Sent: bytes written by the process around each collective of >= 1 KiB "
                  "(/proc/self/io). zero1 is torch's: DDP's all-reduce, then each owner broadcasts its updated "
                  "tensors; its optimizer shard is by whole tensors (about 1/p). Step times under whatever load the "

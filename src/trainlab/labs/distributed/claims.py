@@ -102,7 +102,8 @@ def equivalence_claim(data: dict[str, Any]) -> Claim:
                            f"{data['spec']['grad_accum']} and clipping; worst {worst:.1e}"
                            + (f"; not equal: {', '.join(bad)}" if bad else "")),
                  verdict="consistent" if rows and not bad else ("partly" if rows else "not measurable here"),
-                 why="the sums are the same, in another order (reductions, sharded matmuls): fp32 rounding only")
+                 why="the sums are the same, in another order (reductions, sharded matmuls): fp32 rounding, which "
+                     "AdamW's normalised update amplifies where a gradient is near zero (more steps, larger drift)")
 
 
 def ddp_no_sync_claim(data: dict[str, Any]) -> Claim | None:
