@@ -2,9 +2,8 @@
 
 1. `measure.measure_strategies`: DDP, ZeRO-1 (torch), FSDP2 as ZeRO-2 and ZeRO-3, tensor and pipeline
    parallel, DeepSpeed ZeRO where installed (quick: stage 2; full: 1-3) on 2 gloo processes against the
-   one-process run on the same global
-   batches: equivalence, memory per rank by component (measured vs the ZeRO formulas), bytes sent
-   per rank (measured on the wire vs the ring formulas), step time.
+   one-process run on the same global batches: equivalence, memory per rank by component (measured vs
+   the ZeRO formulas), bytes sent per rank (measured on the wire vs the ring formulas), step time.
 2. The formulas at scale: `trainlab calc comm` (7B on 8 GPUs), the ZeRO paper's table (7.5B, 64 GPUs).
 3. `trainlab plan` on a few model sizes, beside seed 001's size-only decision tree, with the measured
    rows as the evidence that its memory formulas hold.
