@@ -130,6 +130,11 @@ def test_peft_resume_continues_bit_exactly(gpt2_dir: Path, pairs_file: Path, tmp
     out = tmp_path / "b"
     run_alignment("sft", _cfg("sft", gpt2_dir, pairs_file, *extra, "train.max_steps=3", "train.keep_checkpoint=true"),
                   gpt2_dir, out, quiet=True, evaluate_oracle=False, callbacks=[_StopAt(2)])
+    # the checkpoint holds what trains (adapters), not the frozen base: that is read from --model again
+    saved = torch.load(out / "checkpoint.pt", weights_only=False)["model"]
+    trained = {n for n, p in straight.model.named_parameters() if p.requires_grad}
+    assert trained and trained <= saved.keys()
+    assert not any(n in saved for n, p in straight.model.named_parameters() if not p.requires_grad)
     resumed = run_alignment("sft", _cfg("sft", gpt2_dir, pairs_file, *extra, "train.max_steps=3"), gpt2_dir, out,
                             resume=True, quiet=True, evaluate_oracle=False)
     assert resumed.summary["resumed_from"] == 2

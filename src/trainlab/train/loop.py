@@ -211,7 +211,7 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a bit-exact resume needs (see `checkpoint`; one process)."""
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        return {"model": train_resume.trained_state_dict(self.model), "optimizer": self.optimizer.state_dict(),
                 **train_resume.extra_state(self)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -99,10 +99,33 @@ def _keep_hyper(optimizer: torch.optim.Optimizer) -> Any:
     return ctx()
 
 
+def frozen_parameter_names(model: torch.nn.Module) -> set[str]:
+    """Every state-dict name of a parameter that does not train (``requires_grad=False``: a PEFT run's base),
+    tied aliases included."""
+    return {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+
+
+def trained_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state without its frozen parameters: training never changes them and the resumed run loads
+    them from its ``--model`` folder, whose identity the checkpoint records (a LoRA checkpoint of a 7B model is
+    then megabytes, not the 28 GB of fp32 base weights)."""
+    frozen = frozen_parameter_names(model)
+    return {k: v for k, v in model.state_dict().items() if k not in frozen}
+
+
+def load_trained_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Inverse of `trained_state_dict`: what the checkpoint lacks must be a frozen parameter of ``model``."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    lacking = set(missing) - frozen_parameter_names(model)
+    if unexpected or lacking:
+        raise RuntimeError(f"checkpoint does not fit the model: missing {sorted(lacking)[:5]}, "
+                           f"unexpected {sorted(unexpected)[:5]}")
+
+
 def save(trainer: Trainer) -> Any:
     """Write the checkpoint of the current step in this run's format; return its path."""
     if trainer.dist is None:
-        state = {"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+        state = {"model": trained_state_dict(trainer.model), "optimizer": trainer.optimizer.state_dict(),
                  **extra_state(trainer)}
         path = trainer.checkpoints.save(state, trainer.step)
         if trainer.dcp_checkpoints.latest() is not None:  # a stale distributed checkpoint of this folder
@@ -141,7 +164,7 @@ def load(trainer: Trainer, kind: str, path: Any, state: dict[str, Any]) -> None:
     `read_meta` returned as ``state``."""
     strategy, wrapped, opt = trainer.strategy, trainer.wrapped, trainer.optimizer
     if kind == "file" and trainer.dist is None:
-        trainer.model.load_state_dict(state["model"])
+        load_trained_state_dict(trainer.model, state["model"])
         load_optimizer_state(opt, state["optimizer"])
     elif kind == "file":
         _load_file_distributed(trainer, state)
