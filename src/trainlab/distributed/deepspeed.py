@@ -236,7 +236,8 @@ class DeepSpeedStrategy(Strategy):
             state[n] = entry | {"step": step.clone()}
         groups = []
         for g, names in zip(optimizer.param_groups, self._group_names, strict=False):
-            groups.append({k: v for k, v in g.items() if k != "params"} | {"params": list(names)})
+            groups.append({k: v for k, v in g.items() if k != "params"} | {"params": list(names),
+                                                                           "param_names": list(names)})
         return {"state": state, "param_groups": groups}
 
     def load_optimizer_state_dict(self, model: nn.Module, optimizer: Any, state: dict[str, Any]) -> None:

@@ -12,9 +12,8 @@ parameters (``≈ S/p`` per owner). The ZeRO paper's ZeRO-1 reduce-scatters grad
 all-gathers parameters (``2(p−1)/p·S`` in all); torch's version sends the all-reduce and the
 broadcasts (measured in the distributed lab). Checkpoints: ``ZeroRedundancyOptimizer`` keeps states on
 their owners; saving consolidates them on every rank (``consolidate_state_dict`` to each rank in turn,
-``p`` gathers of the states), so the loop's checkpoint can be written. Resuming a zero1 checkpoint is
-refused: loaded back through torch's DCP helpers the run did not continue exactly (checked against DDP,
-which does), and ddp cannot read it either; that is not fixed yet.
+``p`` gathers of the states): the checkpoint holds the full AdamW state keyed by parameter name, like
+every strategy's, and resumes on any world size.
 """
 
 from __future__ import annotations
@@ -44,6 +43,14 @@ class Zero1Strategy(DDPStrategy):
 
     def optimizer_state_dict(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         assert self.ctx is not None
+        # torch's DCP helper "initializes" an optimizer whose .state is empty with a zero-gradient step, which
+        # would advance AdamW's moments and step count; ZeroRedundancyOptimizer keeps its states in .optim
+        # only, so expose them first (the same tensors; .state is otherwise used only by state_dict).
+        from torch.distributed.checkpoint.state_dict import _init_optim_state
+
+        if not optimizer.optim.state:  # type: ignore[attr-defined]  # a fresh optimizer (the template of a resume)
+            _init_optim_state(optimizer)  # a zero-gradient step at lr 0: creates the states, changes no weight
+        optimizer.state.update(optimizer.optim.state)  # type: ignore[attr-defined]
         full: dict[str, Any] = {}
         for rank in range(self.ctx.world):  # collective: each rank in turn receives the full state
             optimizer.consolidate_state_dict(to=rank)  # type: ignore[attr-defined]
@@ -51,15 +58,22 @@ class Zero1Strategy(DDPStrategy):
                 full = optimizer.state_dict()
         optimizer.state_dict = lambda: full  # type: ignore[method-assign]  # what DCP's helper reads
         try:
-            return super().optimizer_state_dict(model, optimizer)
+            out = super().optimizer_state_dict(model, optimizer)
         finally:
             del optimizer.state_dict
+        for group in out["param_groups"]:  # the names every other strategy's groups carry (trainlab's param_groups)
+            group.setdefault("param_names", list(group["params"]))
+        return out
 
     def load_optimizer_state_dict(self, model: nn.Module, optimizer: torch.optim.Optimizer,
                                   state: dict[str, Any]) -> None:
-        raise UserError("resuming a dist.strategy=zero1 run is not supported yet (ZeroRedundancyOptimizer's "
-                        "states do not load back exactly); for resumable runs use ddp, zero2 or fsdp",
-                        key="dist.strategy")
+        """The name-keyed AdamW state into ZeroRedundancyOptimizer, which indexes parameters by position."""
+        names = {id(p): n for n, p in self.unwrap(model).named_parameters()}
+        index = {names[id(p)]: i for i, p in enumerate(optimizer._index_to_param)}  # type: ignore[attr-defined]
+        converted = {"state": {index[n]: v for n, v in state["state"].items() if n in index},
+                     "param_groups": [{k: v for k, v in g.items() if k != "param_names"}
+                                      | {"params": [index[n] for n in g["params"]]} for g in state["param_groups"]]}
+        optimizer.load_state_dict(converted)
 
     def build_optimizer(self, model: nn.Module, cfg: Any) -> torch.optim.Optimizer:
         from torch.distributed.optim import ZeroRedundancyOptimizer
