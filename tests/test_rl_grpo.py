@@ -118,3 +118,21 @@ def test_prompt_file_and_user_reward_through_the_recipe(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"bad\.jsonl:1"):
         run_grpo(rl_config(preset="tiny", overrides=[*TINY, f"align_data.source={bad}"]),
                  embedded_base_model("tiny"), tmp_path / "bad", quiet=True, save=False)
+
+
+def test_grpo_with_lora_trains_only_the_adapter(tmp_path: Path) -> None:
+    from trainlab.recipes.align_model import load_policy
+
+    base = embedded_base_model("tiny")
+    cfg = rl_config(preset="tiny", overrides=[*TINY, "train.max_steps=2", "peft.method=lora", "peft.r=4",
+                                              "train.lr=1e-2"])
+    s = run_grpo(cfg, base, tmp_path / "run", quiet=True, evaluate_oracle=False)
+    assert s["peft"]["adapter_dir"] and (Path(s["peft"]["adapter_dir"]) / "adapter_config.json").is_file()
+    trained = s["_model"]
+    trainable = {n for n, p in trained.named_parameters() if p.requires_grad}
+    assert trainable and all("lora" in n.lower() for n in trainable), sorted(trainable)[:4]
+    # the frozen weights are the starting model's: every original tensor is found unchanged among them
+    start, _ = load_policy(base)
+    frozen = [p for n, p in trained.named_parameters() if not p.requires_grad]
+    for name, p in start.named_parameters():
+        assert any(q.shape == p.shape and torch.equal(q, p) for q in frozen), name

@@ -71,7 +71,7 @@ def _rl_command(estimator: str | None, overrides: list[str] | None, config: Path
     shown = {k: s[k] for k in ("method", "estimator", "loss_agg", "reward", "model_in", "model_dir", "steps",
                                "resumed_from", "final_loss", "train_time_s", "generate_time_s", "update_time_s",
                                "completions", "completions_per_s", "forward_passes_per_step", "peak_memory",
-                               "accuracy", "n_prompts")}
+                               "accuracy", "n_prompts", "peft")}
     shown["reward_first"] = first.get("reward")
     shown["reward_last"] = last.get("reward")
     shown["groups_equal_last"] = last.get("groups_equal")
@@ -82,7 +82,9 @@ def _rl_command(estimator: str | None, overrides: list[str] | None, config: Path
             _say(f"{s['estimator']} ({s['loss_agg']}): reward {first['reward']:.3f} -> {last['reward']:.3f} over "
                  f"{len(rollouts)} rollouts; {s['completions']} completions, {s['completions_per_s']:.1f}/s "
                  f"(generation {s['generate_time_s']:.1f} s, update {s['update_time_s']:.1f} s)")
-        _say(f"saved {name} model to {s['model_dir']}; final loss {s['final_loss']:.4f}"
+        peft = s.get("peft")
+        saved = f"adapter to {peft['adapter_dir']}" if peft and not s["model_dir"] else f"model to {s['model_dir']}"
+        _say(f"saved {name} {saved}; final loss {s['final_loss']:.4f}"
              + (f"; oracle accuracy {acc['overall']:.1%}" if acc else ""))
 
 

@@ -104,12 +104,13 @@ def run_grpo(cfg: RLRunConfig, model_path: str | Path, out_dir: str | Path, *, r
         result = trainer.fit(resume=resume, force=force)
     policy = trainer.model
     model_dir = None
+    peft_summary = peft_info.to_dict() if peft_info is not None else None
     if save:
         save_dtype = resolve_save_dtype(policy, cfg.align.save_dtype)
         if peft_info is not None:
             from trainlab.peft.run import save_run_peft
 
-            _, model_dir = save_run_peft(policy, cfg, out, tokenizer, save_dtype, peft_info)
+            peft_summary, model_dir = save_run_peft(policy, cfg, out, tokenizer, save_dtype, peft_info)
         else:
             model_dir = save_model(policy, out / "model", tokenizer, save_dtype=save_dtype)
         if model_dir is not None:
@@ -126,7 +127,7 @@ def run_grpo(cfg: RLRunConfig, model_path: str | Path, out_dir: str | Path, *, r
     summary: dict[str, Any] = {
         "method": "grpo", "estimator": rl.estimator, "loss_agg": rl.agg, "reward": rl.reward,
         "model_in": str(model_path), "model_dir": str(model_dir) if model_dir else None,
-        "dropout_disabled": dropouts, "peft": peft_info.to_dict() if peft_info is not None else None,
+        "dropout_disabled": dropouts, "peft": peft_summary,
         "steps": result.steps, "resumed_from": result.resumed_from, "final_loss": result.final_loss,
         "train_time_s": result.train_time_s, "wall_time_s": wall,
         "generate_time_s": gen_s, "reward_time_s": reward_s,
