@@ -238,7 +238,7 @@ def run(ctx: LabContext) -> LabResult:
 
     s = settings(ctx.preset)
     base_dir = embedded_base_model(ctx.preset, quiet=True)
-    with pinned_threads(ctx.device, 2):
+    with pinned_threads(ctx.device, 1):  # a ~1M-parameter model: more threads only spin (labs.common)
         data, heldout = shared_data(base_dir, s, ctx.seed, ctx.device)
         p_methods, rows = part_methods(ctx, base_dir, s, data, heldout)
         p_sweep = part_rank_sweep(ctx, base_dir, s, data, heldout, rows)
