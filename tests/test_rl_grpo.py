@@ -136,3 +136,14 @@ def test_grpo_with_lora_trains_only_the_adapter(tmp_path: Path) -> None:
     frozen = [p for n, p in trained.named_parameters() if not p.requires_grad]
     for name, p in start.named_parameters():
         assert any(q.shape == p.shape and torch.equal(q, p) for q in frozen), name
+
+
+def test_accuracy_from_completions_equals_oracle_accuracy() -> None:
+    from trainlab.align.evaluate import oracle_accuracy, task_completions
+    from trainlab.recipes.align_model import load_policy
+    from trainlab.rl.grpo import prompt_items
+    from trainlab.rl.recipe import accuracy_of
+
+    model, tok = load_policy(embedded_base_model("tiny"))
+    _, records = prompt_items(rl_config(preset="tiny", overrides=TINY))
+    assert accuracy_of(records, task_completions(model, tok, records)) == oracle_accuracy(model, tok, records).to_dict()

@@ -18,14 +18,17 @@
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from trainlab.align.config import PROVENANCE_FILE, defaults_profile
-from trainlab.align.evaluate import oracle_accuracy
+from trainlab.align.evaluate import oracle_accuracy, task_completions
 from trainlab.config import dump_config
+from trainlab.data.tasks import score
+from trainlab.evaluation import TaskAccuracy
 from trainlab.memory.measure import PeakMemory
 from trainlab.model.protocol import disable_dropout
 from trainlab.model.saving import resolve_save_dtype, save_model
@@ -39,6 +42,24 @@ from trainlab.train.checkpoint import ResumeMode, folder_fingerprint
 from trainlab.train.device import resolve_device
 from trainlab.train.loop import Trainer
 from trainlab.utils import seed_everything, write_json
+
+
+def accuracy_of(records: list[Any], completions: list[str], n_samples: int = 3) -> dict[str, Any]:
+    """`oracle_accuracy(...).to_dict()` from completions already decoded (the same greedy decoding)."""
+    right: dict[str, int] = defaultdict(int)
+    seen: dict[str, int] = defaultdict(int)
+    samples: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for record, completion in zip(records, completions, strict=True):
+        ok = score(record, completion)
+        seen[record.task] += 1
+        right[record.task] += int(ok)
+        if len(samples[record.task]) < n_samples:
+            samples[record.task].append({"task": record.task, "prompt": record.prompt, "completion": completion,
+                                         "expected": record.answer, "correct": ok})
+    per_task = {t: right[t] / seen[t] for t in sorted(seen)}
+    return TaskAccuracy(overall=sum(right.values()) / len(records), per_task=per_task,
+                        n=len(records), per_task_n=dict(sorted(seen.items())),
+                        samples=[x for t in sorted(samples) for x in samples[t]]).to_dict()
 
 
 def _eval_fn(tokenizer: Any, records: list[Any]) -> Any:
@@ -118,9 +139,11 @@ def run_grpo(cfg: RLRunConfig, model_path: str | Path, out_dir: str | Path, *, r
                                                            "method": "grpo", "model_in": str(model_path)})
     trainer.release_checkpoint()
     wall = time.perf_counter() - t_start
-    accuracy = None
+    accuracy, eval_completions = None, None
     if evaluate_oracle and eval_records:
-        accuracy = oracle_accuracy(policy, tokenizer, eval_records).to_dict()
+        # the greedy completions oracle_accuracy judges, kept for the caller (win rates without decoding twice)
+        eval_completions = task_completions(policy, tokenizer, eval_records)
+        accuracy = accuracy_of(eval_records, eval_completions)
     gen_s = sum(h["generate_s"] for h in batcher.history)
     reward_s = sum(h["reward_s"] for h in batcher.history)
     completions = sum(h["completions"] for h in batcher.history)
@@ -143,6 +166,7 @@ def run_grpo(cfg: RLRunConfig, model_path: str | Path, out_dir: str | Path, *, r
     }
     write_json(out / "summary.json", summary)
     summary["_model"] = policy
+    summary["_eval_completions"] = eval_completions
     summary["_tokenizer"] = tokenizer
     return summary
 

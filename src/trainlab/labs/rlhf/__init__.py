@@ -84,7 +84,9 @@ def part_accuracy(ctx: LabContext, st: dict[str, Any]) -> Part:
     if records is None:
         records = build_alignment_data("sft", stage_config("sft", ctx.preset), tokenizer).eval_records
     sft_comp = task_completions(st["_sft_model"], tokenizer, records)
-    grpo_comp = task_completions(st["grpo"]["_model"], tokenizer, records)
+    grpo_comp = st["grpo"].get("_eval_completions")  # the recipe's final judging, on the same held-out prompts
+    if grpo_comp is None or len(grpo_comp) != len(records):
+        grpo_comp = task_completions(st["grpo"]["_model"], tokenizer, records)
     wr = win_rate_from_completions(records, grpo_comp, sft_comp)
     part.tables.append(Table(title="GRPO (oracle reward) against SFT, prompt by prompt",
                              columns=["wins", "losses", "ties", "n", "win rate (wins + ties/2)"],
