@@ -228,8 +228,9 @@ def part_cost(ctx: LabContext, st: dict[str, Any]) -> Part:
         measured=f"DPO {dpo_cost:.1f} s vs RLHF (reward model {rm['train_time_s']:.1f} s + PPO "
                  f"{ppo['train_time_s']:.1f} s) {rlhf_cost:.1f} s: {cheaper:.0%} cheaper; GRPO {grpo_cost:.1f} s",
         verdict=verdict,
-        why="training time of each pipeline after the same SFT model on this machine; DPO's steps are lab 1.7's, "
-            "the RL runs share one sampling budget; times on a shared CPU are noisy"))
+        why="training time of each pipeline after the same SFT model on this machine; DPO is lab 1.7's stage, timed "
+            "when lab 1.7 trained it in this suite run, the RL runs share one sampling budget; times on a shared "
+            "CPU are noisy"))
     two_four = len(ppo_networks) == 4  # DPO: policy + reference by construction (per step, or once cached)
     part.claims.append(Claim(
         claim="DPO needs 2 forward passes per step (policy, reference) where RLHF needs 4 (policy, reference, "
