@@ -1,5 +1,5 @@
 """The PEFT lab in the tiny preset (sections, figures, every method's row, BitFit refused on the bias-free
-decoder), claim verdicts computed from the numbers, and the peft_0* notebooks (two run in smoke mode)."""
+decoder), claim verdicts computed from the numbers, and the peft_0* notebooks in smoke mode."""
 
 from __future__ import annotations
 
@@ -70,7 +70,8 @@ def test_claim_verdicts_follow_the_numbers() -> None:
     assert claims["LoRA cuts training memory about 3x"] == "partly"
 
 
-@pytest.mark.parametrize("name", ["peft_01_methods.py", "peft_04_qlora_and_claims.py"])
+@pytest.mark.parametrize("name", ["peft_01_methods.py", "peft_02_method_table.py", "peft_03_lora_rank.py",
+                                  "peft_04_qlora_and_claims.py"])
 def test_notebook_smoke(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                         capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("TRAINLAB_NOTEBOOK_PRESET", "tiny")
@@ -82,6 +83,10 @@ def test_notebook_smoke(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPat
         assert "refused" in out  # BitFit on the bias-free decoder
         diffs = [float(line.rsplit(" ", 1)[1]) for line in out.splitlines() if "vs PeftModel" in line]
         assert len(diffs) == 5 and max(diffs) < 1e-4
+    elif name.startswith("peft_02"):
+        assert "| BitFit | refused |" in out and "| LoRA r8 | ok |" in out
+    elif name.startswith("peft_03"):
+        assert "Σ r(d + k)" in out and "LoRA rank sweep" in out
     else:
         assert "bits/param" in out and "| claim |" in out
 
