@@ -192,3 +192,35 @@ def test_prefix_turns_activation_checkpointing_off(tmp_path: Path) -> None:
     ids = _ids(ours)
     ours(ids, torch.ones_like(ids)).sum().backward()
     assert ours.prompt_encoder.embedding.weight.grad is not None
+
+
+@pytest.mark.parametrize(("method", "extra"), [("ia3", []), ("prefix", ["peft.num_virtual_tokens=3"]),
+                                               ("prompt", ["peft.num_virtual_tokens=3", "peft.prompt_init=text",
+                                                           "peft.prompt_init_text=2 * 2"])])
+def test_sft_run_writes_an_adapter_peft_loads(method: str, extra: list[str], tmp_path: Path) -> None:
+    """`trainlab sft --model <gpt2 folder> peft.method=...` (the recipe): out/adapter loads in PEFT with the
+    trained model's logits; only the adapter trained."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from tests._hf_tiny import hf_model_dir
+    from trainlab.align.config import align_config
+    from trainlab.recipes.align import run_alignment
+
+    gpt2 = hf_model_dir(tmp_path / "gpt2", "gpt2", positions=64)
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{i} * 2 =", "completion": f" {2 * i}"}) + "\n"
+                            for i in range(8)), encoding="utf-8")
+    cfg = align_config("sft", preset="tiny", model=gpt2, overrides=[
+        "train.device=cpu", "train.max_steps=3", "train.batch_size=4", "train.eval_every=0", "train.lr=3e-2",
+        f"align_data.source={data}", f"peft.method={method}", *extra])
+    run = run_alignment("sft", cfg, gpt2, tmp_path / "run", quiet=True, evaluate_oracle=False)
+    base = AutoModelForCausalLM.from_pretrained(gpt2).eval()
+    n = 3 if method == "prompt" else 0
+    hf = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path / "run" / "adapter")).eval()
+    ids = torch.randint(0, 200, (2, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = run.model.eval()(ids)
+        torch.testing.assert_close(got, hf(input_ids=ids).logits[:, n:], atol=1e-5, rtol=1e-4)
+        assert not torch.allclose(got, base(input_ids=ids).logits, atol=1e-4)  # it trained
