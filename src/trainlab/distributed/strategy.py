@@ -13,7 +13,6 @@ A strategy is built once per run for the process's `DistContext` and answers wha
                             skipped unless ``last`` (DDP ``no_sync``; FSDP reduce-scatters every
                             micro-batch so that only gradient shards accumulate)
 ``accumulate``              runs every micro-batch at once (a pipeline schedule); None: the loop
-``optimizer_update``        applies the update (default: the loss scaler's ``step``)
 ``grad_scale``              factor on each rank's ``loss_sum / N``: the reducers *average* over
                             ``dp`` ranks, so ``dp_world`` makes the reduced gradient the *sum*
 ``clip_grad_norm(ps, c)``   the global L2 norm (all shards), clipping to ``c`` if > 0
@@ -102,11 +101,6 @@ class Strategy:
     #: metric_weights)``: run every micro-batch at once (forward and backward, each loss scaled by
     #: ``scale / total``) instead of the step's per-micro-batch loop (a pipeline schedule); None: the loop
     accumulate: Callable[..., tuple[Tensor, dict[str, float], dict[str, float]]] | None = None
-
-    def optimizer_update(self, optimizer: torch.optim.Optimizer, scaler: Any) -> bool:
-        """Apply the update (after unscale and clipping); True if it was applied. Default: the loss
-        scaler's ``step(optimizer)`` (which skips an fp16 overflow); DeepSpeed steps its engine."""
-        return bool(scaler.step(optimizer))
 
     def clip_grad_norm(self, params: Sequence[nn.Parameter], max_norm: float) -> Tensor:
         """Global L2 norm of the gradients before clipping; clip to ``max_norm`` if > 0."""

@@ -186,7 +186,7 @@ def optimizer_step(model: nn.Module, objective: Objective, micro_batches: Sequen
         finite = precision == "fp16" or (math.isfinite(loss) and math.isfinite(gnorm))
         stepped = False
         if finite:
-            stepped = scaler.step(optimizer) if dist is None else dist.optimizer_update(optimizer, scaler)
+            stepped = scaler.step(optimizer)  # an engine that owns the update gives it as the optimizer
             scaler.update()
     optimizer.zero_grad(set_to_none=True)
     return StepOutcome(stats, loss, gnorm, stepped=stepped, finite=finite)
