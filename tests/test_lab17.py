@@ -116,8 +116,8 @@ def test_lab17_verdicts_follow_from_the_numbers() -> None:
     expected = "consistent" if t["frozen"]["median_step_s"] > t["cached"]["median_step_s"] else "not reproduced"
     assert cost.verdict == expected
     assert "median" in cost.measured
-    rlhf = next(c for c in lab.claims if "RLHF" in c.claim and "cheaper" in c.claim)
-    assert rlhf.verdict == "not measurable here"
+    # "DPO is 50-70% cheaper than RLHF" is measured by lab rlhf (RM + PPO beside DPO), not said unmeasured here
+    assert not any("cheaper" in c.claim and "RLHF" in c.claim for c in lab.claims)
     # the verdict function itself: each outcome is reachable
     assert _win_verdict(0.5, 0.7, 0.25) == "consistent"
     assert _win_verdict(0.5, 0.7, 0.5) == "partly"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from trainlab.env import EnvInfo, detect_env
 from trainlab.errors import UserError
-from trainlab.labs.common import resolve_preset
+from trainlab.labs.common import pinned_threads, resolve_preset
 from trainlab.results import LabResult, SuiteResult
 
 
@@ -46,6 +46,11 @@ class LabSpec:
     seeds: str
     description: str
     module: str  # the module defining ``run(ctx) -> LabResult``
+    # on a CPU, the lab runs with at most this many intra-op threads (None: torch's setting). 1 for the labs of the
+    # ~1M-parameter embedded decoder (batches of a few hundred to two thousand tokens), where a second OpenMP thread
+    # costs more in synchronisation than it adds: an SFT-sized step took 0.05 s of CPU with one thread and 1.1 s
+    # with two (under load), and `make demo`'s quiet-machine times of these labs were above their one-thread CPU time
+    cpu_threads: int | None = None
 
     def runner(self) -> Callable[[LabContext], LabResult]:
         return importlib.import_module(self.module).run
@@ -56,7 +61,7 @@ LABS: dict[str, LabSpec] = {
     for spec in [
         LabSpec("base", "Base: pre-training the embedded decoder", "000, 002",
                 "pre-training curve vs unigram entropy, sample generations, oracle accuracy per task",
-                "trainlab.labs.base"),
+                "trainlab.labs.base", cpu_threads=1),
         LabSpec("lab14", "Lab 1.4: mixed precision, loss scaling, accumulation, checkpointing, memory",
                 "000, 002, 003", "fp32/fp16/bf16, loss-scale trace, accumulation vs large batch, checkpointing "
                 "policies, memory estimated vs measured, batch sweep with OOM, optimized config, advisor",
@@ -73,10 +78,11 @@ LABS: dict[str, LabSpec] = {
                 "trainlab.labs.lab16"),
         LabSpec("lab17", "Lab 1.7: DPO after SFT, its variants and a β sweep", "000, 001, 003",
                 "oracle accuracy base/SFT/DPO per task, DPO curves (loss, reward accuracy, margins, KL), win rate "
-                "over SFT, sigmoid/IPO/hinge/robust, β sweep, cached vs frozen reference", "trainlab.labs.lab17"),
+                "over SFT, sigmoid/IPO/hinge/robust, β sweep, cached vs frozen reference", "trainlab.labs.lab17",
+                cpu_threads=1),
         LabSpec("lab18", "Lab 1.8: ORPO vs SFT then DPO, and SimPO", "000, 001, 003",
                 "single-stage ORPO vs SFT+DPO vs SimPO: accuracy, wall time, training memory, curves; HF export "
-                "loaded by transformers", "trainlab.labs.lab18"),
+                "loaded by transformers", "trainlab.labs.lab18", cpu_threads=1),
         LabSpec("peft", "PEFT: nine methods and a full fine-tune, same data and steps", "001",
                 "LoRA, QLoRA, AdaLoRA, bottleneck, prefix, prompt, P-tuning, IA3, BitFit (+DoRA) vs full fine-tune: "
                 "trainable parameters, memory, step time, accuracy, adapter size; LoRA rank sweep; QLoRA vs LoRA "
@@ -138,7 +144,8 @@ def run_labs(
         ctx.out_dir.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         try:
-            result = spec.runner()(ctx)
+            with pinned_threads(dev, spec.cpu_threads):
+                result = spec.runner()(ctx)
         except UserError:
             raise
         except Exception as exc:  # a failed lab is recorded; the suite goes on

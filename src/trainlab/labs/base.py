@@ -14,7 +14,7 @@ from trainlab.data.tasks import TASKS, make_task_records
 from trainlab.data.tokenizer import load_tokenizer
 from trainlab.evaluation import generate_completions, task_accuracy
 from trainlab.labs import LabContext
-from trainlab.labs.common import pinned_threads, resolve_preset
+from trainlab.labs.common import resolve_preset
 from trainlab.model.decoder import Decoder
 from trainlab.recipes.base_model import publish_base_model
 from trainlab.recipes.pretrain import build_decoder, run_pretrain
@@ -27,19 +27,7 @@ STORY_PROMPTS = ["Once upon a time,", "One morning, Ruby went to the", "The capi
 EVAL_PER_TASK = {"tiny": 4, "quick": 40, "full": 200}
 
 
-CPU_THREADS = 1  # see run()
-
-
 def run(ctx: LabContext) -> LabResult:
-    """On a CPU, with one intra-op thread: this lab's model is small (about a million parameters, batches of a
-    few hundred to two thousand tokens), where a second OpenMP thread costs more in synchronisation than it
-    adds (measured here: an SFT-sized step took 0.05 s of CPU with one thread and 1.1 s with two, under load;
-    `make demo`'s quiet-machine times of these labs were above their one-thread CPU time)."""
-    with pinned_threads(ctx.device, CPU_THREADS):
-        return _run(ctx)
-
-
-def _run(ctx: LabContext) -> LabResult:
     overrides = [f"train.device={ctx.device}", f"train.seed={ctx.seed}", *ctx.overrides]
     cfg = load_config(preset=ctx.preset, overrides=overrides)
     run_dir = ctx.out_dir / "run"

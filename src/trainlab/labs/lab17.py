@@ -44,7 +44,6 @@ from trainlab.labs.align_common import (
     eval_task_records,
     median_after_warmup,
 )
-from trainlab.labs.common import pinned_threads
 from trainlab.recipes.align import (
     AlignRun,
     load_policy,
@@ -141,19 +140,7 @@ def _accuracy(records: list[Any], completions: list[str]) -> TaskAccuracy:
                         samples=[x for t in sorted(samples) for x in samples[t]])
 
 
-CPU_THREADS = 1  # see run()
-
-
 def run(ctx: LabContext) -> LabResult:
-    """On a CPU, with one intra-op thread: this lab's model is small (about a million parameters, batches of a
-    few hundred to two thousand tokens), where a second OpenMP thread costs more in synchronisation than it
-    adds (measured here: an SFT-sized step took 0.05 s of CPU with one thread and 1.1 s with two, under load;
-    `make demo`'s quiet-machine times of these labs were above their one-thread CPU time)."""
-    with pinned_threads(ctx.device, CPU_THREADS):
-        return _run(ctx)
-
-
-def _run(ctx: LabContext) -> LabResult:
     base_dir = embedded_base_model(ctx.preset, quiet=True)
     cfg_sft = stage_config("sft", ctx.preset, seed=ctx.seed, device=ctx.device, overrides=ctx.overrides)
     cfg_dpo = dpo_stage_config(ctx)
@@ -311,9 +298,6 @@ def _run(ctx: LabContext) -> LabResult:
               verdict="consistent" if frozen_step > cached_step else "not reproduced",
               why=f"{ctx.env.short()}; per-step wall times of the same steps on both sides, medians after "
                   f"{warmup} warm-up step(s), noisy on a shared CPU"),
-        Claim(claim="DPO is 50-70% cheaper to train than RLHF", source="seed 000 (Lab-1.7)",
-              measured="RLHF (reward model + PPO) is not implemented in trainlab yet, so there is no RLHF run to time",
-              verdict="not measurable here", why="needs the RLHF component (reward model, PPO with a value head)"),
     ]
     text = [
         f"The pre-trained embedded base model is fine-tuned on task data (SFT, {sft.summary['steps']} steps) in "

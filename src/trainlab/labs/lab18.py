@@ -34,7 +34,6 @@ from trainlab.labs.align_common import (
     dpo_stage_config,
     eval_task_records,
 )
-from trainlab.labs.common import pinned_threads
 from trainlab.recipes.align import (
     AlignRun,
     load_policy,
@@ -147,19 +146,7 @@ def _export_serve_verdict(logit_diff: float, served: dict[str, Any]) -> str:
     return "consistent" if same else "not reproduced"
 
 
-CPU_THREADS = 1  # see run()
-
-
 def run(ctx: LabContext) -> LabResult:
-    """On a CPU, with one intra-op thread: this lab's model is small (about a million parameters, batches of a
-    few hundred to two thousand tokens), where a second OpenMP thread costs more in synchronisation than it
-    adds (measured here: an SFT-sized step took 0.05 s of CPU with one thread and 1.1 s with two, under load;
-    `make demo`'s quiet-machine times of these labs were above their one-thread CPU time)."""
-    with pinned_threads(ctx.device, CPU_THREADS):
-        return _run(ctx)
-
-
-def _run(ctx: LabContext) -> LabResult:
     base_dir = embedded_base_model(ctx.preset, quiet=True)
     kw = {"seed": ctx.seed, "device": ctx.device, "overrides": ctx.overrides}
     cfg_sft, cfg_dpo = stage_config("sft", ctx.preset, **kw), dpo_stage_config(ctx)
@@ -297,9 +284,6 @@ def _run(ctx: LabContext) -> LabResult:
               verdict=_no_reference_verdict(h_orpo, h_simpo, h_frozen),
               why="the same measurement sees DPO's frozen reference model, so a reference held by ORPO or SimPO "
                   "would show; trainlab's cached DPO also avoids the second model (it keeps 2 numbers per pair)"),
-        Claim(claim="DPO is 50-70% cheaper than RLHF", source="seed 000 (Lab-1.7)",
-              measured="RLHF (reward model + PPO) is not implemented in trainlab yet, so there is no RLHF run to time",
-              verdict="not measurable here", why="needs the RLHF component (reward model, PPO with a value head)"),
         Claim(claim="An aligned model exports to the standard format and serves with the usual tools",
               source="seed 000 (Lab-1.8: simplified deployment)",
               measured=f"transformers loads the ORPO folder as {export['class']}; max |logit difference| "
