@@ -86,7 +86,7 @@ LABS: dict[str, LabSpec] = {
         LabSpec("peft", "PEFT: nine methods and a full fine-tune, same data and steps", "001",
                 "LoRA, QLoRA, AdaLoRA, bottleneck, prefix, prompt, P-tuning, IA3, BitFit (+DoRA) vs full fine-tune: "
                 "trainable parameters, memory, step time, accuracy, adapter size; LoRA rank sweep; QLoRA vs LoRA "
-                "memory", "trainlab.labs.peft"),
+                "memory", "trainlab.labs.peft", cpu_threads=1),
         LabSpec("distributed", "Distributed training: DDP, FSDP2 (ZeRO-2/3), tensor parallel on 2 processes", "001",
                 "each strategy vs one process (equivalence), memory per rank and bytes sent per rank measured vs the "
                 "ZeRO and ring formulas, step time; calc comm at scale; plan vs the seed's decision tree",

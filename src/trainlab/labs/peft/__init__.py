@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from trainlab.labs import LabContext
-from trainlab.labs.common import MiB, Part, merge_parts, mib, pinned_threads, timed
+from trainlab.labs.common import MiB, Part, merge_parts, mib, timed
 from trainlab.labs.peft.runs import MethodRow, MethodSpec, Settings, methods, run_method, settings, shared_data
 from trainlab.results import Claim, LabResult, Table
 
@@ -238,10 +238,10 @@ def run(ctx: LabContext) -> LabResult:
 
     s = settings(ctx.preset)
     base_dir = embedded_base_model(ctx.preset, quiet=True)
-    with pinned_threads(ctx.device, 1):  # a ~1M-parameter model: more threads only spin (labs.common)
-        data, heldout = shared_data(base_dir, s, ctx.seed, ctx.device)
-        p_methods, rows = part_methods(ctx, base_dir, s, data, heldout)
-        p_sweep = part_rank_sweep(ctx, base_dir, s, data, heldout, rows)
+    # one intra-op thread (LabSpec.cpu_threads, applied by the runner): a ~1M-parameter model's threads only spin
+    data, heldout = shared_data(base_dir, s, ctx.seed, ctx.device)
+    p_methods, rows = part_methods(ctx, base_dir, s, data, heldout)
+    p_sweep = part_rank_sweep(ctx, base_dir, s, data, heldout, rows)
     bits = nf4_bits(base_dir)
     p_qlora = part_qlora(rows, bits)
     claims = Part("claims", "Claims", claims=peft_claims(rows, bits, lora_formula_count(base_dir), ctx.env.short()))
