@@ -51,6 +51,21 @@ SaveDtypeOpt = Annotated[str | None, typer.Option(
     "align.save_dtype)")]
 
 
+def data_extra(data: str | None, strict: bool = False, eval_data: str | None = None,
+               save_dtype: str | None = None) -> dict[str, Any]:
+    """The config the shared data flags stand for (``--data``, ``--strict``, ``--eval-data``, ``--save-dtype``)."""
+    extra: dict[str, Any] = {"align_data": {}, "align": {}}
+    if data:
+        extra["align_data"]["source"] = data
+    if strict:
+        extra["align_data"]["strict"] = True
+    if eval_data:
+        extra["align_data"]["eval_source"] = eval_data
+    if save_dtype is not None:
+        extra["align"]["save_dtype"] = save_dtype
+    return extra
+
+
 def _align_command(method: str, overrides: list[str] | None, config: Path | None, preset: str,
                    model: Path | None, data: str | None, out: Path | None, max_steps: int | None,
                    seed: int | None, device: str | None, resume: bool, strict: bool, as_json: bool, *,
@@ -61,17 +76,9 @@ def _align_command(method: str, overrides: list[str] | None, config: Path | None
     from trainlab.recipes.align import describe_data, run_alignment
     from trainlab.train.checkpoint import check_run_dirs
 
-    extra: dict[str, Any] = {"align_data": {}, "align": {}}
-    if data:
-        extra["align_data"]["source"] = data
-    if strict:
-        extra["align_data"]["strict"] = True
-    if eval_data:
-        extra["align_data"]["eval_source"] = eval_data
+    extra = data_extra(data, strict, eval_data, save_dtype)
     if ref_model is not None:
         extra["align"]["ref_model"] = str(ref_model)
-    if save_dtype is not None:
-        extra["align"]["save_dtype"] = save_dtype
     # a transformers --model gets TRL's defaults, the embedded one (None) its tuned preset
     cfg = align_config(method, preset=preset, config_file=config, extra=extra, model=model,
                        overrides=_training_overrides(max_steps, seed, device, overrides, epochs))

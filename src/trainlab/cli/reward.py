@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from trainlab.cli.align import AlignDataOpt, AlignModelOpt, EvalDataOpt, SaveDtypeOpt, StrictOpt
+from trainlab.cli.align import AlignDataOpt, AlignModelOpt, EvalDataOpt, SaveDtypeOpt, StrictOpt, data_extra
 from trainlab.cli.app import (
     ConfigOpt,
     DeviceOpt,
@@ -29,20 +29,7 @@ from trainlab.cli.app import (
     _training_overrides,
     app,
 )
-from trainlab.cli.rl import RewardOpt
-
-
-def _data_extra(data: str | None, strict: bool, eval_data: str | None, save_dtype: str | None) -> dict[str, Any]:
-    extra: dict[str, Any] = {"align_data": {}, "align": {}}
-    if data:
-        extra["align_data"]["source"] = data
-    if strict:
-        extra["align_data"]["strict"] = True
-    if eval_data:
-        extra["align_data"]["eval_source"] = eval_data
-    if save_dtype is not None:
-        extra["align"]["save_dtype"] = save_dtype
-    return extra
+from trainlab.cli.rl import RewardModelOpt, RewardOpt, reward_extra
 
 
 @app.command(name="rm")
@@ -71,7 +58,7 @@ def rm(
     from trainlab.recipes.rlhf import rm_config, run_reward_model
     from trainlab.train.checkpoint import check_run_dirs
 
-    cfg = rm_config(preset=preset, config_file=config, extra=_data_extra(data, strict, eval_data, save_dtype),
+    cfg = rm_config(preset=preset, config_file=config, extra=data_extra(data, strict, eval_data, save_dtype),
                     model=model, overrides=_training_overrides(max_steps, seed, device, overrides, epochs))
     out_dir = out or Path("runs/rm")
     mode = _resume_mode(resume, resume_or_start)
@@ -94,11 +81,6 @@ def rm(
         acc = result["accuracy"]
         _say(f"saved reward model to {result['model_dir']}; final loss {result['final_loss']:.4f}"
              + (f"; held-out pair accuracy {acc:.1%}" if acc is not None else ""))
-
-
-RewardModelOpt = Annotated[Path | None, typer.Option(
-    "--reward-model", help="reward model folder (trainlab rm's output or any *ForSequenceClassification with "
-    "num_labels=1); default: the embedded tasks' oracle (rl.reward)")]
 
 
 @app.command(name="ppo")
@@ -127,13 +109,7 @@ def ppo(
     from trainlab.recipes.rlhf import ppo_config, run_ppo
     from trainlab.train.checkpoint import check_run_dirs
 
-    extra = _data_extra(data, False, None, save_dtype)
-    extra["rl"] = {}
-    if reward is not None:
-        extra["rl"]["reward"] = reward
-    if reward_model is not None:
-        extra["rl"]["reward_model"] = str(reward_model)
-        extra["rl"].setdefault("reward", "model")
+    extra = data_extra(data, save_dtype=save_dtype) | {"rl": reward_extra(reward, reward_model)}
     cfg = ppo_config(preset=preset, config_file=config, extra=extra, model=model,
                      overrides=_training_overrides(max_steps, seed, device, overrides))
     out_dir = out or Path("runs/ppo")

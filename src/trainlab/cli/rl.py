@@ -35,7 +35,19 @@ RewardOpt = Annotated[str | None, typer.Option(
     "--reward", help="oracle (the embedded tasks' exact check), model (with --reward-model), or module:function "
     "called with prompts and completions (rl.reward)")]
 RewardModelOpt = Annotated[Path | None, typer.Option(
-    "--reward-model", help="a reward model folder (trainlab rm) for --reward model (rl.reward_model)")]
+    "--reward-model", help="a reward model folder (trainlab rm's output or any *ForSequenceClassification with "
+    "num_labels=1): --reward model (rl.reward_model)")]
+
+
+def reward_extra(reward: str | None, reward_model: Path | None) -> dict[str, Any]:
+    """The ``rl`` config ``--reward`` and ``--reward-model`` stand for (a reward model implies ``--reward model``)."""
+    rl: dict[str, Any] = {}
+    if reward is not None:
+        rl["reward"] = reward
+    if reward_model is not None:
+        rl["reward_model"] = str(reward_model)
+        rl.setdefault("reward", "model")
+    return rl
 
 
 def _rl_command(estimator: str | None, overrides: list[str] | None, config: Path | None, preset: str,
@@ -46,16 +58,9 @@ def _rl_command(estimator: str | None, overrides: list[str] | None, config: Path
     from trainlab.rl.recipe import run_grpo
     from trainlab.train.checkpoint import check_run_dirs
 
-    extra: dict[str, Any] = {"align_data": {}, "rl": {}}
+    extra: dict[str, Any] = {"align_data": {"source": data} if data else {}, "rl": reward_extra(reward, reward_model)}
     if estimator is not None:
         extra["rl"]["estimator"] = estimator
-    if data:
-        extra["align_data"]["source"] = data
-    if reward is not None:
-        extra["rl"]["reward"] = reward
-    if reward_model is not None:
-        extra["rl"]["reward_model"] = str(reward_model)
-        extra["rl"].setdefault("reward", "model")
     cfg = rl_config(preset=preset, config_file=config, extra=extra, model=model,
                     overrides=_training_overrides(max_steps, seed, device, overrides))
     out_dir = out or Path(f"runs/{name}")
