@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainlab.align.config import PROVENANCE_FILE, AlignRunConfig, defaults_profile
+from trainlab.align.config import AlignRunConfig, defaults_profile
 from trainlab.align.datasets import PreferenceDataset, SFTDataset
 from trainlab.align.evaluate import (
     completion_kl,
@@ -55,7 +55,7 @@ from trainlab.errors import UserError
 from trainlab.memory.measure import PeakMemory, training_memory
 from trainlab.model.protocol import apply_checkpointing, disable_dropout
 from trainlab.model.saving import resolve_save_dtype, save_model
-from trainlab.peft.run import apply_run_peft, peft_train_extras, save_run_peft
+from trainlab.peft.run import apply_run_peft, peft_train_extras
 from trainlab.recipes.align_data import AlignmentData, build_alignment_data, check_vocab, describe_data
 from trainlab.recipes.align_model import (
     ReferenceSetup,
@@ -63,6 +63,7 @@ from trainlab.recipes.align_model import (
     load_policy,
     max_positions,
     prepare_reference,
+    save_policy,
 )
 from trainlab.recipes.methods import AlignMethod, get_method
 from trainlab.train.amp import autocast_context
@@ -195,16 +196,10 @@ def run_alignment(method: str, cfg: AlignRunConfig, model_path: str | Path, out_
         trainer.release_checkpoint()
         assert ctx is not None
         return AlignRun(summary=ctx.broadcast_object(None), model=trainer.model, tokenizer=tokenizer, data=data)
-    save_dtype = resolve_save_dtype(policy, cfg.align.save_dtype)
-    peft_summary = None
-    if peft_info is not None:
-        peft_summary, model_dir = save_run_peft(policy, cfg, out, tokenizer, save_dtype, peft_info, save)
-    else:
-        model_dir = save_model(policy, out / "model", tokenizer, save_dtype=save_dtype) if save else None
+    model_dir, peft_summary = save_policy(policy, cfg, out, tokenizer, method=method, model_in=model_path,
+                                          peft_info=peft_info, save=save)
     profile = defaults_profile(model_path)
-    if model_dir is not None:  # the next stage from this folder starts from the same defaults
-        write_json(Path(model_dir) / PROVENANCE_FILE, {"defaults": profile, "method": method,
-                                                       "model_in": str(model_path)})
+    save_dtype = resolve_save_dtype(policy, cfg.align.save_dtype)
     trainer.release_checkpoint()  # the model is saved (or not wanted): no optimizer state left behind
     wall = time.perf_counter() - t_start  # the whole stage, judging on held-out prompts aside
     accuracy = None

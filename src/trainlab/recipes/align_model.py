@@ -123,3 +123,28 @@ def prepare_reference(spec: AlignMethod, cfg: AlignRunConfig, model: nn.Module, 
             eval_logps = pair_logps(scorer, data.eval_pairs, pad_id=data.pad_id)[0]
     return ReferenceSetup(frozen if spec.reference and a.reference == "frozen" else None,
                           frozen.model if (frozen is not None and want_kl) else None, eval_logps, info)
+
+
+def save_policy(policy: nn.Module, cfg: Any, out: Path, tokenizer: Any, *, method: str, model_in: str | Path,
+                peft_info: Any = None, save: bool = True) -> tuple[Path | None, dict[str, Any] | None]:
+    """Write a trained policy: ``out/model`` in the input model's dtype (unless ``align.save_dtype`` says
+    otherwise), or a PEFT run's ``out/adapter`` (and ``out/model`` merged with ``peft.merge``), with the
+    provenance the next stage reads (`PROVENANCE_FILE`: the defaults profile of the model it started from).
+    Returns (the model folder or None, the PEFT summary or None)."""
+    from trainlab.align.config import PROVENANCE_FILE, defaults_profile
+    from trainlab.model.saving import resolve_save_dtype, save_model
+    from trainlab.utils import write_json
+
+    save_dtype = resolve_save_dtype(policy, cfg.align.save_dtype)
+    peft_summary = None
+    if peft_info is not None:
+        from trainlab.peft.run import save_run_peft
+
+        peft_summary, model_dir = save_run_peft(policy, cfg, out, tokenizer, save_dtype, peft_info, save)
+    else:
+        model_dir = save_model(policy, out / "model", tokenizer, save_dtype=save_dtype) if save else None
+    if model_dir is not None:  # the next stage from this folder starts from the same defaults
+        write_json(Path(model_dir) / PROVENANCE_FILE, {"defaults": defaults_profile(model_in), "method": method,
+                                                       "model_in": str(model_in)})
+    return (Path(model_dir) if model_dir is not None else None), peft_summary
+

@@ -292,10 +292,8 @@ def run_ppo(cfg: RLRunConfig, model_dir: str | Path, out_dir: str | Path, *, res
     for every sample), ``models`` (the networks held and their parameter bytes), ``wall_time_s``, ``train_time_s``,
     ``generate_time_s``, ``update_time_s``, ``peak_memory`` / ``peak_mem_bytes``.
     """
-    from trainlab.align.config import PROVENANCE_FILE
     from trainlab.align.evaluate import oracle_accuracy
-    from trainlab.model.saving import resolve_save_dtype, save_model
-    from trainlab.recipes.align_model import check_same_tokenizer, load_policy
+    from trainlab.recipes.align_model import check_same_tokenizer, load_policy, save_policy
     from trainlab.rl.grpo import frozen_reference, prompt_items
     from trainlab.rl.ppo import PassCounter, PPOBatcher, PPOObjective
     from trainlab.rl.reward_model import load_reward_scorer
@@ -382,21 +380,11 @@ def run_ppo(cfg: RLRunConfig, model_dir: str | Path, out_dir: str | Path, *, res
                           quiet=quiet, callbacks=[_CountSteps(), *(callbacks or [])], identity=identity)
         result = trainer.fit(resume=resume, force=force)
         counter.close()
-    model_path = value_path = None
-    peft_summary = None
-    if save:
-        save_dtype = resolve_save_dtype(policy, cfg.align.save_dtype)
-        if peft_info is not None:
-            from trainlab.peft.run import save_run_peft
-
-            peft_summary, model_path = save_run_peft(policy, cfg, out, tokenizer, save_dtype, peft_info)
-        else:
-            model_path = save_model(policy, out / "model", tokenizer, save_dtype=save_dtype)
-        if model_path is not None:
-            write_json(Path(model_path) / PROVENANCE_FILE, {"defaults": defaults_profile(model_dir),
-                                                            "method": "ppo", "model_in": str(model_dir)})
-        if critic.value_model is not None:
-            value_path = save_reward_model(critic.value_model, out / "value", tokenizer)
+    value_path = None
+    model_path, peft_summary = save_policy(policy, cfg, out, tokenizer, method="ppo", model_in=model_dir,
+                                           peft_info=peft_info, save=save)
+    if save and critic.value_model is not None:
+        value_path = save_reward_model(critic.value_model, out / "value", tokenizer)
     trainer.release_checkpoint()
     wall = time.perf_counter() - t_start
     accuracy = oracle_accuracy(policy, tokenizer, eval_records).to_dict() if evaluate_oracle and eval_records \

@@ -24,15 +24,13 @@ from typing import Any
 
 from torch import nn
 
-from trainlab.align.config import PROVENANCE_FILE, defaults_profile
 from trainlab.align.evaluate import oracle_accuracy, task_completions
 from trainlab.config import dump_config
 from trainlab.data.tasks import score
 from trainlab.evaluation import TaskAccuracy
 from trainlab.memory.measure import PeakMemory
 from trainlab.model.protocol import disable_dropout
-from trainlab.model.saving import resolve_save_dtype, save_model
-from trainlab.recipes.align_model import load_policy
+from trainlab.recipes.align_model import load_policy, save_policy
 from trainlab.rl.config import RLRunConfig
 from trainlab.rl.grpo import GRPOObjective, RolloutBatcher, frozen_reference, prompt_items
 from trainlab.rl.rewards import RewardFn, build_reward
@@ -124,19 +122,10 @@ def run_grpo(cfg: RLRunConfig, model_path: str | Path, out_dir: str | Path, *, r
                           quiet=quiet, callbacks=[times, *(callbacks or [])], identity=identity)
         result = trainer.fit(resume=resume, force=force)
     policy = trainer.model
-    model_dir = None
-    peft_summary = peft_info.to_dict() if peft_info is not None else None
-    if save:
-        save_dtype = resolve_save_dtype(policy, cfg.align.save_dtype)
-        if peft_info is not None:
-            from trainlab.peft.run import save_run_peft
-
-            peft_summary, model_dir = save_run_peft(policy, cfg, out, tokenizer, save_dtype, peft_info)
-        else:
-            model_dir = save_model(policy, out / "model", tokenizer, save_dtype=save_dtype)
-        if model_dir is not None:
-            write_json(Path(model_dir) / PROVENANCE_FILE, {"defaults": defaults_profile(model_path),
-                                                           "method": "grpo", "model_in": str(model_path)})
+    model_dir, peft_summary = save_policy(policy, cfg, out, tokenizer, method="grpo", model_in=model_path,
+                                          peft_info=peft_info, save=save)
+    if peft_summary is None and peft_info is not None:
+        peft_summary = peft_info.to_dict()
     trainer.release_checkpoint()
     wall = time.perf_counter() - t_start
     accuracy, eval_completions = None, None
