@@ -224,3 +224,26 @@ def test_sft_run_writes_an_adapter_peft_loads(method: str, extra: list[str], tmp
         got = run.model.eval()(ids)
         torch.testing.assert_close(got, hf(input_ids=ids).logits[:, n:], atol=1e-5, rtol=1e-4)
         assert not torch.allclose(got, base(input_ids=ids).logits, atol=1e-4)  # it trained
+
+
+@pytest.mark.parametrize("method", ["ia3", "prefix"])
+def test_dpo_with_adapters_on_the_embedded_data(method: str, tmp_path: Path) -> None:
+    """DPO's reference is the policy with its adapters off (`ReferenceView`, no weights of its own): scoring the
+    evaluation pairs with it ran into StopIteration (`next(model.parameters())`); its logps are the base model's."""
+    from trainlab.align.config import align_config
+    from trainlab.align.evaluate import pair_logps
+    from trainlab.recipes.align import build_alignment_data, load_policy, run_alignment
+    from trainlab.recipes.base_model import embedded_base_model
+
+    base_dir = embedded_base_model("tiny")
+    cfg = align_config("dpo", preset="tiny", overrides=["train.device=cpu", "train.max_steps=2",
+                                                        f"peft.method={method}", "peft.num_virtual_tokens=2"])
+    run = run_alignment("dpo", cfg, base_dir, tmp_path / "run", quiet=True, evaluate_oracle=False)
+    assert run.summary["steps"] == 2 and run.summary["peft"]["trainable_params"] > 0
+    base, tok = load_policy(base_dir)
+    data = build_alignment_data("dpo", cfg, tok)
+    from trainlab.peft import ReferenceView
+
+    want = pair_logps(base, data.eval_pairs, pad_id=data.pad_id)[0]
+    got = pair_logps(ReferenceView(run.model), data.eval_pairs, pad_id=data.pad_id)[0]
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)

@@ -88,7 +88,9 @@ def win_rate(model_a: Any, model_b: Any, tokenizer: Any, records: Sequence[TaskR
 
 
 def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    """Where the model's weights are; a `trainlab.peft.ReferenceView` (π_ref = the policy with its adapters off)
+    holds none of its own: its policy's."""
+    return next(getattr(model, "policy", model).parameters()).device
 
 
 @torch.no_grad()
