@@ -185,3 +185,14 @@ def test_run_or_reuse_reloads_a_peft_run_with_its_adapter(gpt2_dir: Path, pairs_
     assert again.summary.get("reused") and peft_state(again.model) is not None
     with torch.no_grad():
         torch.testing.assert_close(again.model.eval()(_ids()), first.model.eval()(_ids()), atol=1e-6, rtol=1e-6)
+
+
+def test_merge_of_a_method_that_cannot_merge_is_refused_before_training(gpt2_dir: Path, pairs_file: Path,
+                                                                        tmp_path: Path) -> None:
+    """peft.merge=true with prompt tuning failed only after the run had trained."""
+    from trainlab.errors import UserError
+
+    cfg = _cfg("sft", gpt2_dir, pairs_file, "peft.method=prompt", "peft.merge=true")
+    with pytest.raises(UserError, match=r"peft\.merge=true: peft\.method=prompt adapters cannot be merged"):
+        run_alignment("sft", cfg, gpt2_dir, tmp_path / "out", quiet=True, evaluate_oracle=False)
+    assert not (tmp_path / "out").exists()  # nothing written

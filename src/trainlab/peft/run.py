@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainlab.errors import UserError
 from trainlab.peft.api import ADAPTER_DIR, adapter_nbytes, apply_peft, merge, peft_state, save_adapter
 from trainlab.peft.registry import PeftInfo
 
@@ -29,7 +30,12 @@ def apply_run_peft(model: nn.Module, cfg: Any) -> PeftInfo | None:
         peft = peft.model_copy(update={"init_seed": cfg.train.seed})
     if peft.method == "adalora" and peft.adalora_total_step is None:  # the budget schedule spans the run
         peft = peft.model_copy(update={"adalora_total_step": cfg.train.max_steps})
-    return apply_peft(model, peft)
+    info = apply_peft(model, peft)
+    state = peft_state(model)
+    if peft.merge and state is not None and state.spec.merge is None:  # said before training, not after it
+        raise UserError(f"peft.merge=true: peft.method={peft.method} adapters cannot be merged into the base weights "
+                        "(they add tokens or modules the base model does not have); drop peft.merge")
+    return info
 
 
 def peft_train_extras(model: nn.Module, cfg: Any, objective: Any) -> tuple[Any, list[Any]]:
