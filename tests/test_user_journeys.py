@@ -394,3 +394,22 @@ def test_config_files_that_are_not_yaml_text(capfd: pytest.CaptureFixture[str], 
     code, _, err = _cli(capfd, "dpo", "--model", models["gpt2"], "--data", pairs, "--out", tmp_path / "out",
                         "-c", cfg)
     _one_line_error(code, err, *needles)
+
+
+@pytest.mark.parametrize("command", ["dpo", "sft", "rm", "ppo", "grpo"])
+def test_a_bad_data_path_is_refused_before_any_work(monkeypatch: pytest.MonkeyPatch,
+                                                    capfd: pytest.CaptureFixture[str], tmp_path: Path,
+                                                    command: str) -> None:
+    """`trainlab dpo --data EMPTY_FOLDER` trained the embedded base model (minutes) and then said the folder was
+    empty; the data path is checked first now."""
+    import trainlab.recipes.base_model as base_model
+
+    def no_base(*a: object, **k: object) -> Path:
+        raise AssertionError("the base model was built before the data path was checked")
+
+    monkeypatch.setattr(base_model, "embedded_base_model", no_base)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = _cli(capfd, command, "--data", empty, "--out", tmp_path / "out")
+    _one_line_error(code, err, "folder has no data files", str(empty))
+    assert not (tmp_path / "out").exists()

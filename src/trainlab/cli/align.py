@@ -66,6 +66,16 @@ def data_extra(data: str | None, strict: bool = False, eval_data: str | None = N
     return extra
 
 
+def check_data_flags(*sources: str | None) -> None:
+    """``--data`` / ``--eval-data`` exist and hold data, before any work (building the embedded base model
+    included)."""
+    from trainlab.data.loaders import check_record_source
+
+    for source in sources:
+        if source:
+            check_record_source(source)
+
+
 def _align_command(method: str, overrides: list[str] | None, config: Path | None, preset: str,
                    model: Path | None, data: str | None, out: Path | None, max_steps: int | None,
                    seed: int | None, device: str | None, resume: bool, strict: bool, as_json: bool, *,
@@ -85,6 +95,7 @@ def _align_command(method: str, overrides: list[str] | None, config: Path | None
     out_dir = out or Path(f"runs/{method}")
     mode = _resume_mode(resume, resume_or_start)
     check_run_dirs(out_dir, mode, {"--model": model, "--ref-model": ref_model}, force=force)  # before any work
+    check_data_flags(data, eval_data)
     if model is None:
         from trainlab.recipes.base_model import embedded_base_model
 

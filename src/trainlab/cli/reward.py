@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
-from trainlab.cli.align import AlignDataOpt, AlignModelOpt, EvalDataOpt, SaveDtypeOpt, StrictOpt, data_extra
+from trainlab.cli.align import (
+    AlignDataOpt,
+    AlignModelOpt,
+    EvalDataOpt,
+    SaveDtypeOpt,
+    StrictOpt,
+    check_data_flags,
+    data_extra,
+)
 from trainlab.cli.app import (
     ConfigOpt,
     DeviceOpt,
@@ -63,6 +71,7 @@ def rm(
     out_dir = out or Path("runs/rm")
     mode = _resume_mode(resume, resume_or_start)
     check_run_dirs(out_dir, mode, {"--model": model}, force=force)  # before any work
+    check_data_flags(data, eval_data)
     if model is None:
         from trainlab.recipes.base_model import embedded_base_model
 
@@ -115,6 +124,7 @@ def ppo(
     out_dir = out or Path("runs/ppo")
     mode = _resume_mode(resume, resume_or_start)
     check_run_dirs(out_dir, mode, {"--model": model, "--reward-model": reward_model}, force=force)
+    check_data_flags(data)
     if model is None:
         from trainlab.recipes.base_model import embedded_base_model
 

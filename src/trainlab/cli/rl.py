@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from trainlab.cli.align import check_data_flags
 from trainlab.cli.app import (
     ConfigOpt,
     DeviceOpt,
@@ -66,6 +67,7 @@ def _rl_command(estimator: str | None, overrides: list[str] | None, config: Path
     out_dir = out or Path(f"runs/{name}")
     mode = _resume_mode(resume, resume_or_start)
     check_run_dirs(out_dir, mode, {"--model": model, "--reward-model": reward_model}, force=force)
+    check_data_flags(data)
     if model is None:
         from trainlab.recipes.base_model import embedded_base_model
 
