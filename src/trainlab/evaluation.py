@@ -84,6 +84,12 @@ def task_accuracy(model: Any, tokenizer: Any, records: Sequence[TaskRecord], *, 
         max_new_tokens = longest + 3
     completions = generate_completions(model, tokenizer, [r.prompt for r in records],
                                        max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return score_completions(records, completions, n_samples=n_samples)
+
+
+def score_completions(records: Sequence[TaskRecord], completions: Sequence[str], *,
+                      n_samples: int = 3) -> TaskAccuracy:
+    """The oracle's verdict on completions already decoded (one per record), overall and per task."""
     right: dict[str, int] = defaultdict(int)
     seen: dict[str, int] = defaultdict(int)
     samples: dict[str, list[dict[str, Any]]] = defaultdict(list)

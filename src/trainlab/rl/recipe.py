@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +25,7 @@ from torch import nn
 
 from trainlab.align.evaluate import oracle_accuracy, task_completions
 from trainlab.config import dump_config
-from trainlab.data.tasks import score
-from trainlab.evaluation import TaskAccuracy
+from trainlab.evaluation import score_completions
 from trainlab.memory.measure import PeakMemory
 from trainlab.model.protocol import disable_dropout
 from trainlab.recipes.align_model import load_policy, save_policy
@@ -44,20 +42,7 @@ from trainlab.utils import seed_everything, write_json
 
 def accuracy_of(records: list[Any], completions: list[str], n_samples: int = 3) -> dict[str, Any]:
     """`oracle_accuracy(...).to_dict()` from completions already decoded (the same greedy decoding)."""
-    right: dict[str, int] = defaultdict(int)
-    seen: dict[str, int] = defaultdict(int)
-    samples: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for record, completion in zip(records, completions, strict=True):
-        ok = score(record, completion)
-        seen[record.task] += 1
-        right[record.task] += int(ok)
-        if len(samples[record.task]) < n_samples:
-            samples[record.task].append({"task": record.task, "prompt": record.prompt, "completion": completion,
-                                         "expected": record.answer, "correct": ok})
-    per_task = {t: right[t] / seen[t] for t in sorted(seen)}
-    return TaskAccuracy(overall=sum(right.values()) / len(records), per_task=per_task,
-                        n=len(records), per_task_n=dict(sorted(seen.items())),
-                        samples=[x for t in sorted(samples) for x in samples[t]]).to_dict()
+    return score_completions(records, completions, n_samples=n_samples).to_dict()
 
 
 def _eval_fn(tokenizer: Any, records: list[Any]) -> Any:
