@@ -83,6 +83,19 @@ def test_resume_in_process_and_changed_config_applies(tmp_path) -> None:
     assert all(g["initial_lr"] == 1e-3 for g in trainer.optimizer.param_groups)
 
 
+def test_resume_past_max_steps_is_refused(tmp_path) -> None:
+    """--resume with --max-steps below the checkpoint's step saved the checkpoint's weights as the finished run."""
+    data = fixed_examples(20)
+    Trainer(tiny_decoder(), CausalLMObjective(), StepBatcher(data, 4, 1, None, 0), train_config(max_steps=4),
+            tmp_path, quiet=True).fit()
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in tmp_path.iterdir())
+    with pytest.raises(UserError, match=r"train\.max_steps: --resume: the checkpoint .* is at step 4, past "
+                                        r"train\.max_steps=2: nothing to train; give --max-steps above 4"):
+        Trainer(tiny_decoder(), CausalLMObjective(), StepBatcher(data, 4, 1, None, 0), train_config(max_steps=2),
+                tmp_path, quiet=True).fit(resume=True)
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in tmp_path.iterdir()) == before  # nothing written
+
+
 def test_resume_without_checkpoint_is_an_error_unless_or_start(tmp_path) -> None:
     cfg = train_config(max_steps=2)
 

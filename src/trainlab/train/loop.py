@@ -292,6 +292,10 @@ class Trainer:
                 raise UserError(f"cannot resume from {path}: it does not fit this run ({first})") from None
             resumed_from = self.step
             del state
+            if self.step > self.cfg.max_steps:  # it would save the checkpoint's weights as if trained to max_steps
+                raise UserError(f"--resume: the checkpoint in {self.out_dir} is at step {self.step}, past "
+                                f"train.max_steps={self.cfg.max_steps}: nothing to train; give --max-steps above "
+                                f"{self.step} to continue it", key="train.max_steps")
         else:
             seed_everything(self.cfg.seed)
             if resume:
