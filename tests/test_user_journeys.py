@@ -324,6 +324,41 @@ def test_eval_reference_with_another_tokenizer_is_refused(capfd: pytest.CaptureF
     assert json.loads(out)["pairs"]["kl"] == pytest.approx(0.0, abs=1e-6)
 
 
+def test_eval_reads_unpaired_data_with_method_kto(capfd: pytest.CaptureFixture[str], tmp_path: Path,
+                                                  models: dict[str, Path]) -> None:
+    """`trainlab eval --method kto --data UNPAIRED` refused KTO's own data ('missing key chosen'): it reports the
+    implicit rewards of desirable and undesirable completions and how often a desirable one ranks higher."""
+    data = tmp_path / "kto.jsonl"
+    rows = [{"prompt": f"What is {i}+3?", "completion": f" {i + 3}." if i % 2 else " I do not know.",
+             "label": bool(i % 2)} for i in range(10)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    code, out, err = _cli(capfd, "eval", "--model", models["qwen3"], "--method", "kto", "--data", data,
+                          "--reference", models["qwen3"], "--json")
+    assert code == 0, err
+    ex = json.loads(out)["examples"]
+    assert (ex["n_desirable"], ex["n_undesirable"]) == (5, 5)
+    # the model is its own reference: every reward is 0, every (desirable, undesirable) pair a tie
+    assert ex["rewards/chosen"] == ex["rewards/rejected"] == 0.0 and ex["rewards/ordering"] == 0.5
+    code, out, err = _cli(capfd, "eval", "--model", models["qwen3"], "--method", "kto", "--data", data, "--json")
+    assert code == 0, err
+    ex = json.loads(out)["examples"]
+
+    from trainlab.align.config import align_config
+    from trainlab.align.evaluate import unpaired_logps
+    from trainlab.recipes.align import build_alignment_data, load_policy
+
+    model, tok = load_policy(models["qwen3"])
+    cfg = align_config("kto", preset="quick", model=models["qwen3"])
+    aligned = build_alignment_data("kto", cfg, tok, source=data)
+    sums, counts, labels = unpaired_logps(model, aligned.train, pad_id=aligned.pad_id)
+    r = (cfg.align.beta * sums / counts).tolist()
+    good = [x for x, lab in zip(r, labels.tolist(), strict=True) if lab]
+    bad = [x for x, lab in zip(r, labels.tolist(), strict=True) if not lab]
+    wins = sum((g > b) + 0.5 * (g == b) for g in good for b in bad)  # Mann-Whitney U / (n_good n_bad)
+    assert ex["rewards/ordering"] == pytest.approx(wins / (len(good) * len(bad)))
+    assert ex["rewards/margins"] == pytest.approx(sum(good) / len(good) - sum(bad) / len(bad), abs=1e-6)  # fp32
+
+
 def test_eval_against_on_user_data_is_not_silently_skipped(capfd: pytest.CaptureFixture[str],
                                                            models: dict[str, Path], pairs: Path) -> None:
     """--against with --data exited 0 without a win rate (it is judged on the embedded tasks only)."""

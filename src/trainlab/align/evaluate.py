@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from trainlab.align.datasets import PreferenceDataset, collate_preference
+from trainlab.align.datasets import PreferenceDataset, UnpairedDataset, collate_preference, collate_unpaired
 from trainlab.align.logprobs import resolve_chunk, sequence_logps
 from trainlab.data.tasks import TaskRecord, score
 from trainlab.evaluation import TaskAccuracy, generate_completions, task_accuracy
@@ -131,6 +131,53 @@ def reward_accuracy(model: nn.Module, dataset: PreferenceDataset, *, beta: float
     margin = rewards[:, 0] - rewards[:, 1]
     return {"rewards/accuracies": float((margin > 0).float().mean()), "rewards/margins": float(margin.mean()),
             "logps/chosen": float(sums[:, 0].mean()), "logps/rejected": float(sums[:, 1].mean())}
+
+
+def unpaired_logps(model: nn.Module, dataset: UnpairedDataset, *, batch_size: int = 64, pad_id: int = 0
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+    """(sums ``[n]``, token counts ``[n]``, labels ``[n]`` bool) of the completions of unpaired (KTO) examples."""
+    device = _device(model)
+    was_training = model.training
+    model.eval()
+    sums, counts, labels = [], [], []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(dataset), batch_size):
+                batch = collate_unpaired([dataset[i] for i in range(start, min(len(dataset), start + batch_size))],
+                                         pad_id)
+                out = sequence_logps(model, batch["input_ids"].to(device), batch["labels"].to(device),
+                                     batch["attention_mask"].to(device))
+                sums.append(out.sum.cpu())
+                counts.append(out.n_tokens.cpu())
+                labels.append(batch["label"])
+    finally:
+        model.train(was_training)
+    return torch.cat(sums), torch.cat(counts), torch.cat(labels)
+
+
+def unpaired_rewards(model: nn.Module, dataset: UnpairedDataset, *, beta: float = 0.1,
+                     reference_logps: Tensor | None = None, batch_size: int = 64, pad_id: int = 0
+                     ) -> dict[str, float]:
+    """Implicit rewards on labelled unpaired examples (KTO's data): the mean reward of desirable and of
+    undesirable completions (TRL's KTO logs ``rewards/chosen`` and ``rewards/rejected``), their margin, and
+    ``rewards/ordering``: the share of (desirable, undesirable) pairs whose desirable reward is higher (ties
+    count half; the area under the ROC curve of the reward as a classifier). Rewards as `reward_accuracy`."""
+    sums, counts, labels = unpaired_logps(model, dataset, batch_size=batch_size, pad_id=pad_id)
+    if reference_logps is not None:
+        rewards = beta * (sums - reference_logps.to(sums.dtype))
+    else:
+        rewards = beta * sums / counts.clamp(min=1.0)
+    good, bad = rewards[labels], rewards[~labels]
+    out: dict[str, float] = {"n_desirable": float(len(good)), "n_undesirable": float(len(bad))}
+    if len(good):
+        out["rewards/chosen"] = float(good.mean())
+    if len(bad):
+        out["rewards/rejected"] = float(bad.mean())
+    if len(good) and len(bad):
+        diff = good[:, None] - bad[None, :]
+        out["rewards/margins"] = out["rewards/chosen"] - out["rewards/rejected"]
+        out["rewards/ordering"] = float((diff > 0).float().mean() + 0.5 * (diff == 0).float().mean())
+    return out
 
 
 @torch.no_grad()

@@ -207,8 +207,9 @@ def eval_(
         table.add_row("oracle accuracy (all tasks)", f"{acc['overall']:.1%} of {acc['n']}")
         for task, value in acc["per_task"].items():
             table.add_row(f"  {task}", f"{value:.1%}")
-    for key, value in result.get("pairs", {}).items():
-        table.add_row(f"pairs: {key}", f"{value:.4g}")
+    for what in ("pairs", "examples"):  # examples: unpaired (KTO) data with --method kto
+        for key, value in result.get(what, {}).items():
+            table.add_row(f"{what}: {key}", f"{value:.4g}")
     if "win_rate" in result:
         w = result["win_rate"]
         table.add_row("win rate vs --against", f"{w['rate']:.1%} ({w['wins']} wins, {w['losses']} losses, "

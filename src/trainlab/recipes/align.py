@@ -322,8 +322,12 @@ def run_eval(model_path: str | Path, cfg: AlignRunConfig, *, reference: str | Pa
     model, tokenizer = load_policy(model_path, device)
     if data is not None:  # the user's pairs are all for judging: hold none out
         cfg = cfg.model_copy(update={"align_data": cfg.align_data.model_copy(update={"n_eval_pairs": 0})})
-    aligned = build_alignment_data("dpo", cfg, tokenizer, source=data)
+    # KTO's unpaired data (or pairs, unpaired as KTO reads them) with --method kto; pairs otherwise
+    unpaired = data is not None and method == "kto"
+    aligned = build_alignment_data("kto" if unpaired else "dpo", cfg, tokenizer, source=data)
     pairs = aligned.eval_pairs if data is None else aligned.train  # user data: judge every pair
+    if unpaired:
+        return _eval_unpaired(model, aligned, cfg, reference, device, tokenizer, str(model_path))
     assert isinstance(pairs, PreferenceDataset) or pairs is None
     out: dict[str, Any] = {"model": str(model_path), "data": aligned.info}
     if aligned.eval_records:
@@ -345,3 +349,23 @@ def run_eval(model_path: str | Path, cfg: AlignRunConfig, *, reference: str | Pa
                                          task_completions(other, other_tokenizer, aligned.eval_records))
         out["win_rate"] = rate.to_dict() | {"against": str(against)}
     return out
+
+
+def _eval_unpaired(model: nn.Module, aligned: AlignmentData, cfg: AlignRunConfig, reference: str | Path | None,
+                   device: torch.device, tokenizer: Any, name: str) -> dict[str, Any]:
+    """``trainlab eval --method kto --data UNPAIRED``: implicit rewards of desirable vs undesirable completions
+    (`unpaired_rewards`), against ``--reference`` when given (else the reference-free mean log-prob)."""
+    from trainlab.align.evaluate import unpaired_logps, unpaired_rewards
+
+    out: dict[str, Any] = {"model": name, "data": aligned.info}
+    ref_logps = None
+    if reference is not None:
+        ref_model, ref_tokenizer = load_policy(reference, device)
+        check_same_tokenizer(ref_tokenizer, tokenizer, reference, "--reference")
+        check_vocab(ref_model, aligned)
+        ref_logps = unpaired_logps(ref_model, aligned.train, pad_id=aligned.pad_id)[0]
+    beta = get_method("kto").reward_beta(cfg.align)
+    out["examples"] = unpaired_rewards(model, aligned.train, beta=beta, reference_logps=ref_logps,
+                                       pad_id=aligned.pad_id)
+    return out
+
