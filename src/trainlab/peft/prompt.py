@@ -24,6 +24,7 @@ positions ``n, n+1, …`` as in PEFT (which lets transformers count positions fr
 
 from __future__ import annotations
 
+import abc
 import math
 from typing import Any
 
@@ -45,8 +46,9 @@ ENCODER = "prompt_encoder"  # the attribute the encoder lives under (PEFT's name
 # --------------------------------------------------------------------------------------------
 
 
-class VirtualTokens(nn.Module):
-    """A prompt encoder: ``forward() -> [n, width]`` (embeddings, or flattened key/value prefixes)."""
+class VirtualTokens(nn.Module, abc.ABC):
+    """A prompt encoder: ``forward() -> [n, width]`` (embeddings, or flattened key/value prefixes). Each method's
+    encoder (prompt, P-tuning, prefix) defines `load_embeddings`."""
 
     kind = "embeds"
     peft_type = ""
@@ -61,10 +63,10 @@ class VirtualTokens(nn.Module):
         with torch.no_grad():
             return self().detach()
 
+    @abc.abstractmethod
     def load_embeddings(self, value: Tensor) -> None:
         """Load PEFT's ``prompt_embeddings``; an encoder with a reparameterization becomes plain (as
         PEFT's inference mode: the saved output is the prompt, the MLP is gone)."""
-        raise NotImplementedError
 
 
 class PromptEmbedding(VirtualTokens):
