@@ -24,11 +24,11 @@ from trainlab.cli.app import (
     SeedOpt,
     _emit,
     _launch_if_asked,
-    _resume_mode,
     _say,
     _training_overrides,
     app,
     out_console,
+    prepare_run,
 )
 from trainlab.errors import UserError
 
@@ -66,16 +66,6 @@ def data_extra(data: str | None, strict: bool = False, eval_data: str | None = N
     return extra
 
 
-def check_data_flags(*sources: str | None) -> None:
-    """``--data`` / ``--eval-data`` exist and hold data, before any work (building the embedded base model
-    included)."""
-    from trainlab.data.loaders import check_record_source
-
-    for source in sources:
-        if source:
-            check_record_source(source)
-
-
 def _align_command(method: str, overrides: list[str] | None, config: Path | None, preset: str,
                    model: Path | None, data: str | None, out: Path | None, max_steps: int | None,
                    seed: int | None, device: str | None, resume: bool, strict: bool, as_json: bool, *,
@@ -84,7 +74,6 @@ def _align_command(method: str, overrides: list[str] | None, config: Path | None
                    nproc: int | None = None) -> None:
     from trainlab.align.config import align_config
     from trainlab.recipes.align import describe_data, run_alignment
-    from trainlab.train.checkpoint import check_run_dirs
 
     extra = data_extra(data, strict, eval_data, save_dtype)
     if ref_model is not None:
@@ -92,14 +81,9 @@ def _align_command(method: str, overrides: list[str] | None, config: Path | None
     # a transformers --model gets TRL's defaults, the embedded one (None) its tuned preset
     cfg = align_config(method, preset=preset, config_file=config, extra=extra, model=model,
                        overrides=_training_overrides(max_steps, seed, device, overrides, epochs))
-    out_dir = out or Path(f"runs/{method}")
-    mode = _resume_mode(resume, resume_or_start)
-    check_run_dirs(out_dir, mode, {"--model": model, "--ref-model": ref_model}, force=force)  # before any work
-    check_data_flags(data, eval_data)
-    if model is None:
-        from trainlab.recipes.base_model import embedded_base_model
-
-        model = embedded_base_model(preset, quiet=as_json)  # the base model of the same preset
+    out_dir, mode, model = prepare_run(out, method, resume, resume_or_start, force,
+                                       {"--model": model, "--ref-model": ref_model}, model, preset, as_json,
+                                       (data, eval_data))
     _launch_if_asked(nproc, cfg)  # --nproc N: the same command on N ranks (inputs checked and built above)
     result = run_alignment(method, cfg, model, out_dir, resume=mode, quiet=as_json, force=force).summary
     shown = {k: result[k] for k in ("method", "model_in", "model_dir", "defaults", "save_dtype", "steps", "unit",

@@ -94,6 +94,29 @@ def _emit(obj: Any, as_json: bool) -> None:
         stream.flush()
 
 
+def prepare_run(out: Path | None, default_name: str, resume: bool, resume_or_start: bool, force: bool,
+                inputs: dict[str, Path | None], model: Path | None, preset: str, as_json: bool,
+                data: tuple[str | None, ...] = ()) -> tuple[Path, Any, Path]:
+    """What a training command checks and resolves before any work, in this order: ``--out`` (default
+    ``runs/<default_name>``) and ``--resume`` against the run folder and the input folders (``inputs``), the data
+    paths, then the starting model (the embedded base model of ``preset`` when ``--model`` is not given, trained
+    on first use). Returns (out folder, resume mode, model folder)."""
+    from trainlab.data.loaders import check_record_source
+    from trainlab.train.checkpoint import check_run_dirs
+
+    out_dir = out or Path(f"runs/{default_name}")
+    mode = _resume_mode(resume, resume_or_start)
+    check_run_dirs(out_dir, mode, inputs, force=force)
+    for source in data:
+        if source:
+            check_record_source(source)
+    if model is None:
+        from trainlab.recipes.base_model import embedded_base_model
+
+        model = embedded_base_model(preset, quiet=as_json)  # the base model of the same preset
+    return out_dir, mode, model
+
+
 def _training_overrides(max_steps: int | None, seed: int | None, device: str | None,
                         extra: list[str] | None, epochs: float | None = None) -> list[str]:
     """Turn the shared flags into overrides, placed before the user's so explicit k=v wins."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -13,7 +12,6 @@ from trainlab.cli.align import (
     EvalDataOpt,
     SaveDtypeOpt,
     StrictOpt,
-    check_data_flags,
     data_extra,
 )
 from trainlab.cli.app import (
@@ -32,10 +30,10 @@ from trainlab.cli.app import (
     SeedOpt,
     _emit,
     _launch_if_asked,
-    _resume_mode,
     _say,
     _training_overrides,
     app,
+    prepare_run,
 )
 from trainlab.cli.rl import RewardModelOpt, RewardOpt, reward_extra
 
@@ -64,18 +62,11 @@ def rm(
     """Train a Bradley-Terry reward model on preference pairs (embedded task pairs by default); saved as
     *ForSequenceClassification (AutoModelForSequenceClassification loads it)."""
     from trainlab.recipes.rlhf import rm_config, run_reward_model
-    from trainlab.train.checkpoint import check_run_dirs
 
     cfg = rm_config(preset=preset, config_file=config, extra=data_extra(data, strict, eval_data, save_dtype),
                     model=model, overrides=_training_overrides(max_steps, seed, device, overrides, epochs))
-    out_dir = out or Path("runs/rm")
-    mode = _resume_mode(resume, resume_or_start)
-    check_run_dirs(out_dir, mode, {"--model": model}, force=force)  # before any work
-    check_data_flags(data, eval_data)
-    if model is None:
-        from trainlab.recipes.base_model import embedded_base_model
-
-        model = embedded_base_model(preset, quiet=as_json)
+    out_dir, mode, model = prepare_run(out, "rm", resume, resume_or_start, force, {"--model": model}, model, preset,
+                                       as_json, (data, eval_data))
     _launch_if_asked(nproc)  # --nproc N: the same command on N ranks (inputs checked and built above)
     result = run_reward_model(cfg, model, out_dir, resume=mode, quiet=as_json, force=force)
     shown = {k: result[k] for k in ("method", "model_in", "model_dir", "kind", "steps", "unit", "units_seen",
@@ -116,19 +107,13 @@ def ppo(
     """PPO (RLHF): sample, score with a reward model or the task oracle, KL penalty to the reference in the
     reward, GAE, clipped policy and value losses (rl.* keys: beta, kl_ctl, ppo_epochs, mini_batches, ...)."""
     from trainlab.recipes.rlhf import ppo_config, run_ppo
-    from trainlab.train.checkpoint import check_run_dirs
 
     extra = data_extra(data, save_dtype=save_dtype) | {"rl": reward_extra(reward, reward_model)}
     cfg = ppo_config(preset=preset, config_file=config, extra=extra, model=model,
                      overrides=_training_overrides(max_steps, seed, device, overrides))
-    out_dir = out or Path("runs/ppo")
-    mode = _resume_mode(resume, resume_or_start)
-    check_run_dirs(out_dir, mode, {"--model": model, "--reward-model": reward_model}, force=force)
-    check_data_flags(data)
-    if model is None:
-        from trainlab.recipes.base_model import embedded_base_model
-
-        model = embedded_base_model(preset, quiet=as_json)
+    out_dir, mode, model = prepare_run(out, "ppo", resume, resume_or_start, force,
+                                       {"--model": model, "--reward-model": reward_model}, model, preset, as_json,
+                                       (data,))
     result = run_ppo(cfg, model, out_dir, resume=mode, quiet=as_json, force=force)
     shown = {k: result[k] for k in ("method", "reward", "model_in", "model_dir", "value_dir", "steps",
                                     "steps_per_rollout", "final_loss", "train_time_s", "wall_time_s",

@@ -7,7 +7,6 @@ from typing import Annotated, Any
 
 import typer
 
-from trainlab.cli.align import check_data_flags
 from trainlab.cli.app import (
     ConfigOpt,
     DeviceOpt,
@@ -21,10 +20,10 @@ from trainlab.cli.app import (
     ResumeOrStartOpt,
     SeedOpt,
     _emit,
-    _resume_mode,
     _say,
     _training_overrides,
     app,
+    prepare_run,
 )
 
 RLModelOpt = Annotated[Path | None, typer.Option(
@@ -57,21 +56,15 @@ def _rl_command(estimator: str | None, overrides: list[str] | None, config: Path
                 resume_or_start: bool, force: bool, as_json: bool, name: str) -> None:
     from trainlab.rl.config import rl_config
     from trainlab.rl.recipe import run_grpo
-    from trainlab.train.checkpoint import check_run_dirs
 
     extra: dict[str, Any] = {"align_data": {"source": data} if data else {}, "rl": reward_extra(reward, reward_model)}
     if estimator is not None:
         extra["rl"]["estimator"] = estimator
     cfg = rl_config(preset=preset, config_file=config, extra=extra, model=model,
                     overrides=_training_overrides(max_steps, seed, device, overrides))
-    out_dir = out or Path(f"runs/{name}")
-    mode = _resume_mode(resume, resume_or_start)
-    check_run_dirs(out_dir, mode, {"--model": model, "--reward-model": reward_model}, force=force)
-    check_data_flags(data)
-    if model is None:
-        from trainlab.recipes.base_model import embedded_base_model
-
-        model = embedded_base_model(preset, quiet=as_json)
+    out_dir, mode, model = prepare_run(out, name, resume, resume_or_start, force,
+                                       {"--model": model, "--reward-model": reward_model}, model, preset, as_json,
+                                       (data,))
     s = run_grpo(cfg, model, out_dir, resume=mode, force=force, quiet=as_json)
     rollouts = s["rollouts"]
     first, last = (rollouts[0], rollouts[-1]) if rollouts else ({}, {})
