@@ -130,7 +130,9 @@ def test_dpo_matches_trl(dpo_trainer, loss_type: str, beta: float, smoothing: fl
     from trainlab.align.reference import FrozenReference
 
     ref = FrozenReference(HFCausalLM(dpo_trainer.ref_model), copy_weights=False)
-    batch["ref_logps"] = ref.logps(batch)
+    # as the recipe caches them: pairs packed like the policy's (at step 0 both agree to the last bit,
+    # so tied implicit rewards stay tied, as in TRL)
+    batch["ref_logps"] = ref.logps(batch, share_prefix=True)
     ours = DPOObjective(beta=beta, loss_type="sigmoid" if loss_type == "cdpo" else loss_type,
                         label_smoothing=smoothing)
     policy = HFCausalLM(model)
@@ -155,7 +157,7 @@ def test_dpo_frozen_reference_equals_cached(dpo_trainer) -> None:  # type: ignor
     ref = FrozenReference(HFCausalLM(dpo_trainer.ref_model), copy_weights=False)
     batch = collate_preference(_items(5, 3, dpo_trainer.model.config.vocab_size), PAD)
     frozen = DPOObjective(beta=0.1, reference=ref)(policy, batch)
-    batch["ref_logps"] = ref.logps(batch)
+    batch["ref_logps"] = ref.logps(batch, share_prefix=True)
     cached = DPOObjective(beta=0.1)(policy, batch)
     assert float(frozen.loss_sum.detach()) == pytest.approx(float(cached.loss_sum.detach()), rel=1e-6)
 

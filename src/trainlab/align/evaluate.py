@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from trainlab.align.datasets import PreferenceDataset, UnpairedDataset, collate_preference, collate_unpaired
 from trainlab.align.logprobs import resolve_chunk, sequence_logps
+from trainlab.align.prefix_sharing import pair_sequence_logps
 from trainlab.data.tasks import TaskRecord, score
 from trainlab.evaluation import TaskAccuracy, generate_completions, task_accuracy
 from trainlab.train.objectives import supervised_targets
@@ -95,8 +96,9 @@ def _device(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def pair_logps(model: nn.Module, dataset: PreferenceDataset, *, batch_size: int = 64, chunk_size: int = -1,
-               pad_id: int = 0) -> tuple[Tensor, Tensor]:
-    """(sums ``[n, 2]``, token counts ``[n, 2]``) of chosen/rejected completion log-probs over a dataset."""
+               pad_id: int = 0, share_prefix: bool = True) -> tuple[Tensor, Tensor]:
+    """(sums ``[n, 2]``, token counts ``[n, 2]``) of chosen/rejected completion log-probs over a dataset
+    (``share_prefix``: each pair's prompt computed once, `trainlab.align.prefix_sharing`)."""
     device = _device(model)
     was_training = model.training
     model.eval()
@@ -105,8 +107,9 @@ def pair_logps(model: nn.Module, dataset: PreferenceDataset, *, batch_size: int 
         for start in range(0, len(dataset), batch_size):
             batch = collate_preference([dataset[i] for i in range(start, min(len(dataset), start + batch_size))],
                                        pad_id)
-            out = sequence_logps(model, batch["input_ids"].to(device), batch["labels"].to(device),
-                                 batch["attention_mask"].to(device), chunk_size=chunk_size)
+            out = pair_sequence_logps(model, batch["input_ids"].to(device), batch["labels"].to(device),
+                                      batch["attention_mask"].to(device), chunk_size=chunk_size,
+                                      share_prefix=share_prefix)
             b = out.sum.shape[0] // 2
             sums.append(torch.stack([out.sum[:b], out.sum[b:]], 1).cpu())
             counts.append(torch.stack([out.n_tokens[:b], out.n_tokens[b:]], 1).cpu())

@@ -156,10 +156,15 @@ def sequence_logps(model: Any, input_ids: Tensor, labels: Tensor, attention_mask
     hidden = model.hidden_states(input_ids, **kwargs)  # [R, T, D]
     mask, targets = supervised_targets(labels)  # [R, T-1], [N]
     h = hidden[:, :-1][mask]  # [N, D]: only completion positions meet the head
-    weight = model.output_embedding()
+    return score_hidden(h, targets, mask.nonzero()[:, 0], mask, model.output_embedding(), chunk_size)
+
+
+def score_hidden(h: Tensor, targets: Tensor, rows: Tensor, mask: Tensor, weight: Tensor,
+                 chunk_size: int = 0) -> SequenceLogps:
+    """`SequenceLogps` from the hidden states ``h [N, D]`` that predict ``targets [N]`` (token ``i``
+    of row ``rows[i]``; ``mask [R, T-1]`` the scored positions, row-major as ``h``)."""
     tok = token_logprobs(h, weight, targets, chunk_size)
-    rows = mask.nonzero()[:, 0]
-    r = input_ids.shape[0]
+    r = mask.shape[0]
     total = torch.zeros(r, dtype=torch.float32, device=tok.device).index_add(0, rows, tok)
     n_tokens = mask.sum(dim=1).to(torch.float32)
     with torch.no_grad(), torch.autocast(device_type=h.device.type, enabled=False):

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from trainlab.align.logprobs import SequenceLogps, sequence_logps
 from trainlab.align.losses import LossOutput, dpo_losses, kto_losses, orpo_losses, simpo_losses
+from trainlab.align.prefix_sharing import pair_sequence_logps
 from trainlab.align.reference import FrozenReference
 from trainlab.train.objectives import Batch, ObjectiveOutput
 
@@ -52,26 +53,29 @@ def pair_metrics(loss: LossOutput, logps: SequenceLogps, b: int) -> dict[str, Te
     }
 
 
-def _reference(batch: Batch, reference: FrozenReference | None, key: str = "ref_logps", prefix: str = "") -> Tensor:
+def _reference(batch: Batch, reference: FrozenReference | None, key: str = "ref_logps", prefix: str = "", *,
+               share_prefix: bool = False) -> Tensor:
     if key in batch:
         return batch[key]
     if reference is None:
         raise RuntimeError(f"no reference log-probs: the batch has no {key!r} (cached) and no frozen reference "
                            "model was given")
-    return reference.logps(batch, prefix)
+    return reference.logps(batch, prefix, share_prefix=share_prefix)
 
 
 class _PairObjective:
     """Shared by the pair losses: the batch holds B chosen rows, then B rejected rows (one forward)."""
 
     chunk_size: int = 0
+    share_prefix: bool = True  # `trainlab.align.prefix_sharing`: each pair's prompt computed once
 
     def count(self, batch: Batch) -> int:
         return int(batch["input_ids"].shape[0]) // 2
 
-    def _logps(self, model: nn.Module, batch: Batch) -> Any:
-        return sequence_logps(model, batch["input_ids"], batch["labels"], batch.get("attention_mask"),
-                              chunk_size=self.chunk_size)
+    def _logps(self, model: nn.Module, batch: Batch, labels: Tensor | None = None) -> Any:
+        return pair_sequence_logps(model, batch["input_ids"], batch["labels"] if labels is None else labels,
+                                   batch.get("attention_mask"), chunk_size=self.chunk_size,
+                                   share_prefix=self.share_prefix)
 
 
 class DPOObjective(_PairObjective):
@@ -84,8 +88,10 @@ class DPOObjective(_PairObjective):
     """
 
     def __init__(self, *, beta: float = 0.1, loss_type: str = "sigmoid", label_smoothing: float = 0.0,
-                 rpo_alpha: float = 0.0, chunk_size: int = 0, reference: FrozenReference | None = None) -> None:
+                 rpo_alpha: float = 0.0, chunk_size: int = 0, reference: FrozenReference | None = None,
+                 share_prefix: bool = True) -> None:
         self.beta = beta
+        self.share_prefix = share_prefix
         self.loss_type = loss_type
         self.label_smoothing = label_smoothing
         self.rpo_alpha = rpo_alpha
@@ -95,7 +101,7 @@ class DPOObjective(_PairObjective):
     def __call__(self, model: nn.Module, batch: Batch) -> ObjectiveOutput:
         b = self.count(batch)
         logps = self._logps(model, batch)
-        ref = _reference(batch, self.reference).to(logps.sum.device)
+        ref = _reference(batch, self.reference, share_prefix=self.share_prefix).to(logps.sum.device)
         loss = dpo_losses(logps.sum[:b], logps.sum[b:], ref[:b], ref[b:], beta=self.beta,
                           loss_type=self.loss_type, label_smoothing=self.label_smoothing,
                           chosen_len=logps.n_tokens[:b], rejected_len=logps.n_tokens[b:])
@@ -113,9 +119,10 @@ class SimPOObjective(_PairObjective):
     """SimPO: reference-free, length-normalized (`trainlab.align.losses.simpo_losses`)."""
 
     def __init__(self, *, beta: float = 2.0, gamma: float = 0.5, label_smoothing: float = 0.0,
-                 chunk_size: int = 0) -> None:
+                 chunk_size: int = 0, share_prefix: bool = True) -> None:
         self.beta = beta
         self.gamma = gamma
+        self.share_prefix = share_prefix
         self.label_smoothing = label_smoothing
         self.chunk_size = chunk_size
 
@@ -138,8 +145,10 @@ class ORPOObjective(_PairObjective):
     uses completion-only mean log-probs. Both come from one forward pass.
     """
 
-    def __init__(self, *, lam: float = 0.1, mask_prompt: bool = True, chunk_size: int = 0) -> None:
+    def __init__(self, *, lam: float = 0.1, mask_prompt: bool = True, chunk_size: int = 0,
+                 share_prefix: bool = True) -> None:
         self.lam = lam
+        self.share_prefix = share_prefix
         self.mask_prompt = mask_prompt
         self.chunk_size = chunk_size
 
@@ -147,8 +156,7 @@ class ORPOObjective(_PairObjective):
         b = self.count(batch)
         labels = batch["labels"]
         if self.mask_prompt:
-            logps = sequence_logps(model, batch["input_ids"], labels, batch.get("attention_mask"),
-                                   chunk_size=self.chunk_size)
+            logps = self._logps(model, batch)
             completion = logps
             nll = -logps.mean[:b]
         else:
@@ -157,7 +165,7 @@ class ORPOObjective(_PairObjective):
             mask = batch.get("attention_mask")
             real = mask[:b].bool() if mask is not None else torch.ones_like(labels[:b], dtype=torch.bool)
             full[:b] = torch.where(real, batch["input_ids"][:b], torch.full_like(labels[:b], -100))
-            logps = sequence_logps(model, batch["input_ids"], full, mask, chunk_size=self.chunk_size)
+            logps = self._logps(model, batch, full)
             nll = -logps.mean[:b]
             completion = _restrict(logps, labels)
         loss = orpo_losses(completion.mean[:b], completion.mean[b:], nll, lam=self.lam)

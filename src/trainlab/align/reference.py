@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from trainlab.align.logprobs import sequence_logps
+from trainlab.align.prefix_sharing import pair_sequence_logps
 from trainlab.paths import trainlab_home
 from trainlab.utils import atomic_write
 
@@ -62,11 +63,13 @@ class FrozenReference:
         return self
 
     @torch.no_grad()
-    def logps(self, batch: dict[str, Tensor], prefix: str = "") -> Tensor:
-        """Σ completion log-probs of each row of ``batch[prefix + "input_ids"]`` (labels -100 elsewhere)."""
+    def logps(self, batch: dict[str, Tensor], prefix: str = "", *, share_prefix: bool = False) -> Tensor:
+        """Σ completion log-probs of each row of ``batch[prefix + "input_ids"]`` (labels -100 elsewhere);
+        ``share_prefix``: a preference batch, its pairs packed (`trainlab.align.prefix_sharing`)."""
         # without a graph, chunking costs nothing: never hold more logits than the automatic chunk
-        out = sequence_logps(self.model, batch[prefix + "input_ids"], batch[prefix + "labels"],
-                             batch.get(prefix + "attention_mask"), chunk_size=self.chunk_size or -1)
+        out = pair_sequence_logps(self.model, batch[prefix + "input_ids"], batch[prefix + "labels"],
+                                  batch.get(prefix + "attention_mask"), chunk_size=self.chunk_size or -1,
+                                  share_prefix=share_prefix)
         return out.sum
 
 
@@ -91,11 +94,13 @@ def device_identity(device: torch.device | str) -> str:
 
 
 def reference_cache_key(model_fp: str, data_fp: str, kind: str, *, precision: str, device: torch.device | str,
-                        dtype: torch.dtype | str, chunk_size: int, batch_size: int) -> str:
+                        dtype: torch.dtype | str, chunk_size: int, batch_size: int, share_prefix: bool = False) -> str:
     """The cache key of a reference pass: every input its numbers depend on (module docstring)."""
     described = {"version": CACHE_VERSION, "kind": kind, "model": model_fp, "data": data_fp,
                  "precision": precision, "device": device_identity(device), "dtype": str(dtype),
                  "chunk_size": chunk_size, "batch_size": batch_size, "torch": torch.__version__}
+    if share_prefix:  # packed pairs round differently in the last bits
+        described["share_prefix"] = True
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -125,13 +130,15 @@ def _score(model: nn.Module, dataset: Sequence[Any], collate: Callable[[list[Any
 
 def reference_logps(model: nn.Module, dataset: Any, collate: Callable[[list[Any]], dict[str, Tensor]], *,
                     kind: str, batch_size: int = 32, chunk_size: int = 0, device: torch.device | str = "cpu",
-                    precision: str = "fp32", cache: bool = True) -> tuple[Tensor, dict[str, Any]]:
+                    precision: str = "fp32", cache: bool = True, share_prefix: bool = False
+                    ) -> tuple[Tensor, dict[str, Any]]:
     """``[n, 2]`` reference log-probs for every example of ``dataset``, computed with ``model`` as it is now.
 
     ``kind="preference"``: columns (chosen, rejected) of a `PreferenceDataset`;
     ``kind="unpaired"``: (completion, mismatched KL completion) of a KTO `UnpairedDataset`.
     ``precision`` is the training run's (``train.precision``): the pass runs under the same autocast
-    as the policy's forward. With ``cache`` the result is read from / written to
+    as the policy's forward; ``share_prefix``: preference pairs packed as the objective packs them
+    (`trainlab.align.prefix_sharing`). With ``cache`` the result is read from / written to
     `reference_cache_path` under `reference_cache_key`. Returns the tensor and a small record
     (cache path, hit or miss, seconds, precision).
     """
@@ -143,7 +150,8 @@ def reference_logps(model: nn.Module, dataset: Any, collate: Callable[[list[Any]
     if cache:
         dtype = next((p.dtype for p in model.parameters()), torch.float32)
         key = reference_cache_key(model_fingerprint(model), dataset.fingerprint(), kind, precision=precision,
-                                  device=device, dtype=dtype, chunk_size=chunk_size, batch_size=batch_size)
+                                  device=device, dtype=dtype, chunk_size=chunk_size, batch_size=batch_size,
+                                  share_prefix=share_prefix and kind == "preference")
         path = reference_cache_path(key, kind)
     if path is not None and path.is_file():
         try:
@@ -157,7 +165,8 @@ def reference_logps(model: nn.Module, dataset: Any, collate: Callable[[list[Any]
     chunk_size = chunk_size or -1  # no graph here: chunks cost nothing, so never hold all logits
 
     def preference_columns(m: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        s = sequence_logps(m, batch["input_ids"], batch["labels"], batch["attention_mask"], chunk_size=chunk_size).sum
+        s = pair_sequence_logps(m, batch["input_ids"], batch["labels"], batch["attention_mask"],
+                                chunk_size=chunk_size, share_prefix=share_prefix).sum
         b = s.shape[0] // 2
         return torch.stack([s[:b], s[b:]], dim=1)
 

@@ -86,7 +86,8 @@ def _align_command(method: str, overrides: list[str] | None, config: Path | None
                                        (data, eval_data))
     _launch_if_asked(nproc, cfg)  # --nproc N: the same command on N ranks (inputs checked and built above)
     result = run_alignment(method, cfg, model, out_dir, resume=mode, quiet=as_json, force=force).summary
-    shown = {k: result[k] for k in ("method", "model_in", "model_dir", "defaults", "save_dtype", "steps", "unit",
+    shown = {k: result[k] for k in ("method", "model_in", "model_dir", "defaults", "save_dtype", "prefix_sharing",
+                                    "steps", "unit",
                                     "units_seen", "final_loss",
                                     "train_time_s", "wall_time_s", "reference", "peak_memory", "final_eval",
                                     "accuracy", "data")}
@@ -97,6 +98,8 @@ def _align_command(method: str, overrides: list[str] | None, config: Path | None
         acc = result["accuracy"]
         for line in describe_data(result["data"]):  # skipped, truncated, dropped, held out
             _say(line)
+        if result.get("prefix_sharing"):
+            _say(f"prefix sharing {result['prefix_sharing']['detail']}")
         peft = result.get("peft")
         if peft:
             _say(f"{peft['method']}: {peft['trainable_params']:,} trainable of {peft['total_params']:,} parameters "

@@ -130,8 +130,13 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer_idx, k, v)
-        # Causal is bottom-right aligned, so with a cache the t new queries are the last t positions.
-        out = attention(q, k, v, causal=True, key_padding_mask=key_padding_mask, backend=self.backend)
+        if key_padding_mask is not None and key_padding_mask.dim() == 4:
+            # a custom [B, 1, T, T] mask (True: attend; packed preference pairs): SDPA takes it as is
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_padding_mask,
+                                                 enable_gqa=self.n_heads != self.n_kv_heads)
+        else:
+            # Causal is bottom-right aligned, so with a cache the t new queries are the last t positions.
+            out = attention(q, k, v, causal=True, key_padding_mask=key_padding_mask, backend=self.backend)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
 
 
@@ -318,6 +323,11 @@ class Decoder(GenerateMixin, nn.Module):
         """The LM-head weight ``[V, D]``: the embedding when tied. ``logits = hidden @ W.T``."""
         return self.embed.weight if self.lm_head is None else self.lm_head.weight
 
+    def custom_mask_max_length(self) -> int:
+        """Rows up to ``max_seq_len`` take a custom ``[B, 1, T, T]`` mask (`hidden_states`), with the
+        automatic or SDPA attention backend; 0 with a backend chosen by name (it runs as chosen)."""
+        return self.config.max_seq_len if self.config.attention in ("auto", "sdpa") else 0
+
     def _key_padding_mask(self, attention_mask: Tensor | None, has_past: bool) -> Tensor | None:
         """The boolean key mask for attention, or None when masking cannot change real tokens.
 
@@ -355,19 +365,25 @@ class Decoder(GenerateMixin, nn.Module):
         tokens (the HF convention). ``position_ids`` default to ``cumsum(mask) - 1`` (last ``T``
         columns), or ``past + arange(T)`` without a mask. ``inputs_embeds [B, T, D]``, when given,
         replaces ``embed(input_ids)`` (``input_ids`` may then be None): prompt tuning and P-tuning
-        prepend learned virtual-token embeddings this way (`trainlab.peft.prompt`).
+        prepend learned virtual-token embeddings this way (`trainlab.peft.prompt`). A boolean
+        ``[B, 1, T, T]`` mask (True: attend; with ``position_ids``) replaces causal masking (packed
+        preference pairs, `trainlab.align.prefix_sharing`).
         """
         b, t = (inputs_embeds if inputs_embeds is not None else input_ids).shape[:2]
         device = (inputs_embeds if inputs_embeds is not None else input_ids).device
         past = cache.seq_len if cache is not None else 0
-        if attention_mask is not None and tuple(attention_mask.shape) != (b, past + t):
-            raise ValueError(f"attention_mask must be [B, past+T] = {(b, past + t)}, got {tuple(attention_mask.shape)}")
+        if attention_mask is not None and attention_mask.dim() == 4:  # packed pairs (`trainlab.align.prefix_sharing`)
+            key_padding_mask = self._custom_mask(attention_mask, (b, t), position_ids, cache, inputs_embeds)
+        else:
+            if attention_mask is not None and tuple(attention_mask.shape) != (b, past + t):
+                raise ValueError(f"attention_mask must be [B, past+T] = {(b, past + t)}, got "
+                                 f"{tuple(attention_mask.shape)}")
+            key_padding_mask = self._key_padding_mask(attention_mask, has_past=past > 0)
         if position_ids is None:
             if attention_mask is not None:
                 position_ids = positions_from_mask(attention_mask)[:, past:]
             else:
                 position_ids = torch.arange(past, past + t, device=device).expand(b, t)
-        key_padding_mask = self._key_padding_mask(attention_mask, has_past=past > 0)
 
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
         cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
@@ -380,6 +396,18 @@ class Decoder(GenerateMixin, nn.Module):
             else:
                 x = layer(x, cos, sin, key_padding_mask, cache, i)
         return self.norm(x)
+
+    @staticmethod
+    def _custom_mask(mask: Tensor, shape: tuple[int, int], position_ids: Tensor | None, cache: KVCache | None,
+                     inputs_embeds: Tensor | None) -> Tensor:
+        """A custom boolean ``[B, 1, T, T]`` mask (True: attend), checked; it needs explicit positions."""
+        b, t = shape
+        if cache is not None or inputs_embeds is not None or position_ids is None:
+            raise ValueError("a [B, 1, T, T] attention mask needs position_ids, and takes no cache or inputs_embeds")
+        if tuple(mask.shape) != (b, 1, t, t) or mask.dtype != torch.bool:
+            raise ValueError(f"a custom attention mask must be bool [B, 1, T, T] = {(b, 1, t, t)}, got "
+                             f"{mask.dtype} {tuple(mask.shape)}")
+        return mask
 
     def logits(self, hidden: Tensor) -> Tensor:
         """``hidden @ Wᵀ`` with W the output embedding."""

@@ -74,16 +74,47 @@ class HFCausalLM(GenerateMixin, nn.Module):
             return positions_from_mask(attention_mask)
         return position_ids
 
+    def custom_mask_max_length(self) -> int:
+        """The longest row this model attends to correctly given a custom 4D attention mask (0: none).
+
+        transformers passes a 4D mask through as is with ``sdpa`` and ``eager`` attention (flash and
+        flex attention take none); it then also replaces any sliding window, so rows are limited to
+        the window where the model has one (`trainlab.align.prefix_sharing`).
+        """
+        cfg = self.model.config
+        if getattr(cfg, "_attn_implementation", None) not in ("sdpa", "eager"):
+            return 0
+        if any(kind != "full_attention" for kind in (getattr(cfg, "layer_types", None) or ())):
+            return 0
+        window = getattr(cfg, "sliding_window", None)
+        if window and getattr(cfg, "use_sliding_window", True):
+            return int(window)
+        return 1 << 62
+
+    def _mask_argument(self, attention_mask: Tensor | None) -> Tensor | None:
+        """A 4D boolean mask (True: attend) as the attention implementation takes it (eager: additive)."""
+        if attention_mask is None or attention_mask.dim() != 4 or attention_mask.dtype != torch.bool:
+            return attention_mask
+        if self.model.config._attn_implementation == "eager":
+            dtype = next(self.model.parameters()).dtype
+            return torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device).masked_fill_(
+                ~attention_mask, torch.finfo(dtype).min)
+        return attention_mask
+
     def hidden_states(
         self,
         input_ids: Tensor,
         attention_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
     ) -> Tensor:
-        """Final-normed hidden states ``[B, T, D]`` from the base model."""
+        """Final-normed hidden states ``[B, T, D]`` from the base model.
+
+        ``attention_mask``: ``[B, T]`` (1 = token), or a custom ``[B, 1, T, T]`` boolean mask (True =
+        attend; with ``position_ids``) where `custom_mask_max_length` allows it.
+        """
         out = self.model.base_model(
             input_ids=input_ids,
-            attention_mask=attention_mask,
+            attention_mask=self._mask_argument(attention_mask),
             position_ids=self._positions(attention_mask, position_ids),
             use_cache=False,
         )

@@ -195,6 +195,11 @@ class ReferenceView(nn.Module):
         finally:
             policy.train(was)
 
+    def custom_mask_max_length(self) -> int:
+        from trainlab.align.prefix_sharing import custom_mask_limit
+
+        return custom_mask_limit(self.policy)
+
     def hidden_states(self, *args: Any, **kwargs: Any) -> Tensor:
         with self._base() as m:
             return m.hidden_states(*args, **kwargs)  # type: ignore[operator,no-any-return]

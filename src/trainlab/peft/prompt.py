@@ -208,6 +208,13 @@ class VirtualTokensLM:
             return inner(input_ids=input_ids, **kw).logits
         return inner.base_model(input_ids=input_ids, **kw).last_hidden_state
 
+    def custom_mask_max_length(self) -> int:
+        """0 while virtual tokens are active: they extend a 2D mask, a packed 4D one has no room for them."""
+        if _active(self) is not None:  # type: ignore[arg-type]
+            return 0
+        parent = getattr(super(), "custom_mask_max_length", None)
+        return int(parent()) if callable(parent) else 0
+
     def hidden_states(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                       position_ids: Tensor | None = None, *args: Any, **kwargs: Any) -> Tensor:
         if _active(self) is None or args or kwargs.get("cache") is not None or kwargs.get("inputs_embeds") is not None:  # type: ignore[arg-type]

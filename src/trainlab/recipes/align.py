@@ -138,6 +138,16 @@ class AlignRun:
     data: AlignmentData | None = None
 
 
+def _prefix_sharing(spec: Any, cfg: AlignRunConfig, model: Any) -> dict[str, Any] | None:
+    """Whether the pair objective computed each prompt once (`trainlab.align.prefix_sharing`), and why."""
+    if spec.data != "preference":
+        return None
+    from trainlab.align.prefix_sharing import shares_prefix
+
+    enabled, detail = shares_prefix(model, cfg.align.share_prefix)
+    return {"enabled": enabled, "detail": detail}
+
+
 def run_alignment(method: str, cfg: AlignRunConfig, model_path: str | Path, out_dir: str | Path, *,
                   resume: ResumeMode = False, quiet: bool = False, data: AlignmentData | None = None,
                   evaluate_oracle: bool = True, save: bool = True, callbacks: list[Any] | None = None,
@@ -212,6 +222,7 @@ def run_alignment(method: str, cfg: AlignRunConfig, model_path: str | Path, out_
         "defaults": profile,
         "save_dtype": str(save_dtype).removeprefix("torch."),
         "dropout_disabled": dropouts,
+        "prefix_sharing": _prefix_sharing(spec, cfg, policy),
         "steps": result.steps,
         "resumed_from": result.resumed_from,
         "units_seen": result.count,

@@ -112,7 +112,8 @@ def prepare_reference(spec: AlignMethod, cfg: AlignRunConfig, model: nn.Module, 
         values, cached = reference_logps(scorer, data.train, spec.collate(data.pad_id), kind=spec.reference_kind,
                                          # no graph is kept: a wide batch is cheaper per pair
                                          batch_size=max(4 * cfg.train.batch_size, 64), chunk_size=a.chunk_size,
-                                         precision=cfg.train.precision, device=device)
+                                         precision=cfg.train.precision, device=device,
+                                         share_prefix=a.share_prefix)
         data.train.set_reference_logps(values)
         info.update(cached)
     elif spec.reference:

@@ -108,7 +108,8 @@ register_method(AlignMethod(
             "pairs.",
     data="preference",
     objective=lambda a, ref: DPOObjective(beta=a.beta, loss_type=a.loss_type, label_smoothing=a.label_smoothing,
-                                          rpo_alpha=a.rpo_alpha, chunk_size=a.chunk_size, reference=ref),
+                                          rpo_alpha=a.rpo_alpha, chunk_size=a.chunk_size, reference=ref,
+                                          share_prefix=a.share_prefix),
     reference=True,
 ))
 register_method(AlignMethod(
@@ -116,7 +117,7 @@ register_method(AlignMethod(
     summary="ORPO: single-stage NLL + odds-ratio preference optimization, no reference model.",
     data="preference",
     objective=lambda a, ref: ORPOObjective(lam=a.orpo_lambda, mask_prompt=a.orpo_mask_prompt,
-                                           chunk_size=a.chunk_size),
+                                           chunk_size=a.chunk_size, share_prefix=a.share_prefix),
     reward_beta=lambda a: a.orpo_lambda,
 ))
 register_method(AlignMethod(
@@ -124,7 +125,7 @@ register_method(AlignMethod(
     summary="SimPO: reference-free, length-normalized preference optimization.",
     data="preference",
     objective=lambda a, ref: SimPOObjective(beta=a.beta, gamma=a.simpo_gamma, label_smoothing=a.label_smoothing,
-                                            chunk_size=a.chunk_size),
+                                            chunk_size=a.chunk_size, share_prefix=a.share_prefix),
 ))
 register_method(AlignMethod(
     name="kto",
