@@ -285,6 +285,8 @@ def test_loss_finite_and_falling(root: str, case: Case) -> None:
     assert len(losses) == _STEPS
     assert all(math.isfinite(x) for x in losses), losses
     assert losses[-1] < losses[0] - 0.01, losses
+    if case.method in ("dpo", "orpo", "simpo"):  # each pair's prompt computed once (sdpa attention)
+        assert run.summary["prefix_sharing"]["enabled"] is True, run.summary["prefix_sharing"]
     if case.method == "dpo":  # policy = reference at step 1: -log σ(0); pure DPO, dropout off
         assert losses[0] == pytest.approx(math.log(2), abs=1e-5), losses
     if case.method == "kto":  # 1 - σ(β·(0 - z₀)) with z₀ = 0

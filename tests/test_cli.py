@@ -251,6 +251,9 @@ def test_out_containing_the_input_model_is_refused(tmp_path: Path) -> None:
     for out in (tmp_path / "sft", model):
         proc = trainlab("dpo", "--model", str(model), "--out", str(out), "--preset", "tiny", tmp_path=tmp_path)
         assert_one_line_error(proc, f"--out {out}", "--model folder", "write over its input")
+    inside = model / "dpo"  # one rule with export and convert: not into the input either
+    proc = trainlab("dpo", "--model", str(model), "--out", str(inside), "--preset", "tiny", tmp_path=tmp_path)
+    assert_one_line_error(proc, f"--out {inside}", "inside the --model folder", "write into its input")
     assert sorted(p.name for p in (tmp_path / "sft").rglob("*")) == ["config.json", "model"]  # nothing written
 
 

@@ -156,11 +156,11 @@ def test_refusals(ours_mha: Path, hf_llama: Path, tmp_path: Path) -> None:
         convert_gqa(ours_mha, tmp_path / "x", 3)
     with pytest.raises(UserError, match="current 2 KV heads"):
         convert_gqa(hf_llama, tmp_path / "x", 4)
-    with pytest.raises(UserError, match="contains --model"):
+    with pytest.raises(UserError, match="is the --model folder"):
         convert_gqa(ours_mha, ours_mha, 2)
-    with pytest.raises(UserError, match="contains --model"):
+    with pytest.raises(UserError, match="contains the --model folder"):
         convert_gqa(ours_mha, ours_mha.parent, 2)
-    with pytest.raises(UserError, match="inside --model"):
+    with pytest.raises(UserError, match="inside the --model folder"):
         convert_gqa(ours_mha, ours_mha / "sub", 2)
     with pytest.raises(UserError, match="unknown --init"):
         convert_gqa(ours_mha, tmp_path / "x", 2, "median")  # type: ignore[arg-type]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from _tiny import TinyLM, pad_collate, tiny_decoder, variable_examples
+from _tiny import VOCAB, TinyLM, pad_collate, tiny_decoder, variable_examples
 
 from trainlab.train.objectives import CausalLMObjective, Objective, ObjectiveOutput
 
@@ -65,3 +65,27 @@ def test_fully_masked_batch_counts_zero_and_backprops() -> None:
     assert float(out.loss_sum.detach()) == 0.0
     out.loss_sum.backward()  # an empty sum is still part of the graph: zero, not missing, grads
     assert model.mix.weight.grad is not None and not model.mix.weight.grad.any()
+
+
+def test_chunked_logits_give_the_same_loss_grads_and_accuracy(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import trainlab.train.token_logprobs as tl
+
+    batch = pad_collate(variable_examples(6, seed=4))
+
+    def run(obj: CausalLMObjective, dtype: torch.dtype = torch.float32) -> tuple[ObjectiveOutput, list[torch.Tensor]]:
+        model = tiny_decoder().to(dtype)
+        out = obj(model, batch)
+        out.loss_sum.backward()
+        return out, [p.grad.clone() for p in model.parameters()]
+
+    plain, plain_grads = run(CausalLMObjective())
+    monkeypatch.setattr(tl, "AUTO_CHUNK_BYTES", 4 * VOCAB * 5)  # automatic: 5 rows of the tiny vocabulary
+    assert tl.resolve_chunk(-1, plain.count, VOCAB) == 5
+    for obj in (CausalLMObjective(chunk_size=3), CausalLMObjective(chunk_size=-1)):
+        out, grads = run(obj)
+        assert out.count == plain.count and out.metrics["token_acc"] == plain.metrics["token_acc"]
+        torch.testing.assert_close(out.loss_sum, plain.loss_sum, rtol=1e-6, atol=1e-5)
+        for g, ref in zip(grads, plain_grads, strict=True):
+            torch.testing.assert_close(g, ref, rtol=1e-5, atol=1e-6)
+    # fp64 stays fp64 (the exactness references), chunked or not
+    assert run(CausalLMObjective(chunk_size=3), torch.float64)[0].loss_sum.dtype == torch.float64

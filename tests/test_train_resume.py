@@ -282,7 +282,8 @@ def test_check_run_dirs(tmp_path) -> None:
         with pytest.raises(UserError, match="write over its input"):
             check_run_dirs(out, False, {"--model": model})
     check_run_dirs(out, False, {"--model": tmp_path / "elsewhere", "--ref-model": None})
-    check_run_dirs(out / "sub", False, {"--model": out})  # writing inside the input's folder is not over it
+    with pytest.raises(UserError, match=r"is inside the --model folder .*write into its input"):
+        check_run_dirs(out / "sub", False, {"--model": out})  # one rule with export and convert: not into it
 
     data = fixed_examples(8)
     trainer = Trainer(tiny_decoder(), CausalLMObjective(), StepBatcher(data, 4, 1, None, 0),

@@ -72,8 +72,8 @@ class AlignConfig(StrictModel):
     share_prefix: bool = Field(True, description="preference pairs: compute each pair's common prompt once (one "
                                "packed row, chosen and rejected masked from each other; same log-probs) where the "
                                "model takes a custom attention mask; false: two rows per pair, as TRL")
-    chunk_size: int = Field(-1, ge=-1, description="completion tokens per log-softmax chunk; 0: all at once; "
-                            "-1: automatic (at most 32 MiB of fp32 logits at a time)")
+    chunk_size: int = Field(-1, ge=-1, description="completion tokens per log-softmax chunk (every method, SFT "
+                            "too); 0: all at once; -1: automatic (at most 32 MiB of fp32 logits at a time)")
     max_length: int | None = Field(None, gt=1, description="TRL's max_length: tokens of prompt + completion "
                                   "per sequence (capped by the model's positions); None: no cap")
     truncation_mode: TruncationMode = Field("keep_start", description="TRL's truncation_mode: keep the first "

@@ -72,10 +72,11 @@ class _PairObjective:
     def count(self, batch: Batch) -> int:
         return int(batch["input_ids"].shape[0]) // 2
 
-    def _logps(self, model: nn.Module, batch: Batch, labels: Tensor | None = None) -> Any:
+    def _logps(self, model: nn.Module, batch: Batch, labels: Tensor | None = None,
+               fused_weights: Tensor | None = None) -> Any:
         return pair_sequence_logps(model, batch["input_ids"], batch["labels"] if labels is None else labels,
                                    batch.get("attention_mask"), chunk_size=self.chunk_size,
-                                   share_prefix=self.share_prefix)
+                                   share_prefix=self.share_prefix, fused_weights=fused_weights)
 
 
 class DPOObjective(_PairObjective):
@@ -165,8 +166,15 @@ class ORPOObjective(_PairObjective):
             mask = batch.get("attention_mask")
             real = mask[:b].bool() if mask is not None else torch.ones_like(labels[:b], dtype=torch.bool)
             full[:b] = torch.where(real, batch["input_ids"][:b], torch.full_like(labels[:b], -100))
-            logps = self._logps(model, batch, full)
+            # the prompt tokens are only in the NLL, a cross-entropy of known weights 1/n (n: the pair's
+            # chosen tokens): scored with their gradient formed in the forward (no recomputed logits)
+            scored = full[:, 1:] != -100
+            prompt = scored & (labels[:, 1:] == -100)
+            n = scored[:b].sum(dim=1).clamp(min=1).repeat(2)
+            logps = self._logps(model, batch, full, prompt / n[:, None])
             nll = -logps.mean[:b]
+            if logps.fused_sum is not None:  # values exact already; this adds the prompt tokens' gradient
+                nll = nll - (logps.fused_sum - logps.fused_sum.detach()) / b
             completion = _restrict(logps, labels)
         loss = orpo_losses(completion.mean[:b], completion.mean[b:], nll, lam=self.lam)
         values = pair_metrics(loss, completion, b)

@@ -121,7 +121,8 @@ def pack_pairs(input_ids: Tensor, attention_mask: Tensor | None) -> PackedPairs 
 
 
 def pair_sequence_logps(model: Any, input_ids: Tensor, labels: Tensor, attention_mask: Tensor | None = None, *,
-                        chunk_size: int = 0, share_prefix: bool = True) -> SequenceLogps:
+                        chunk_size: int = 0, share_prefix: bool = True,
+                        fused_weights: Tensor | None = None) -> SequenceLogps:
     """`sequence_logps` of a preference batch (rows ``0..B-1`` chosen, ``B..2B-1`` rejected), with
     each pair's common prefix computed once where the model supports it (see the module docstring).
 
@@ -135,13 +136,15 @@ def pair_sequence_logps(model: Any, input_ids: Tensor, labels: Tensor, attention
             if packed is not None and packed.input_ids.shape[1] > limit:
                 packed = None
     if packed is None:
-        return sequence_logps(model, input_ids, labels, attention_mask, chunk_size=chunk_size)
+        return sequence_logps(model, input_ids, labels, attention_mask, chunk_size=chunk_size,
+                              fused_weights=fused_weights)
     hidden = model.hidden_states(packed.input_ids, attention_mask=packed.allowed,
                                  position_ids=packed.position_ids)  # [B, L, D]
     mask = labels[:, 1:] != -100  # [R, T-1]: position t-1 of a row predicts its label at t
     rows, prev = mask.nonzero(as_tuple=True)
     pair, at = packed.packed_position(rows, prev)
-    return score_hidden(hidden[pair, at], labels[:, 1:][mask], rows, mask, model.output_embedding(), chunk_size)
+    return score_hidden(hidden[pair, at], labels[:, 1:][mask], rows, mask, model.output_embedding(), chunk_size,
+                        fused_weights=fused_weights)
 
 
 def shares_prefix(model: Any, enabled: bool = True) -> tuple[bool, str]:

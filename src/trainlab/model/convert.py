@@ -40,6 +40,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from trainlab.errors import UserError
+from trainlab.paths import check_out_outside_inputs
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 INITS = ("mean", "first", "random")
@@ -80,11 +81,7 @@ def _weight_files(path: Path) -> tuple[list[str], str | None]:
 def _check_paths(model_dir: Path, out_dir: Path) -> None:
     if not model_dir.is_dir():
         raise UserError("model folder not found", path=model_dir)
-    src, dst = model_dir.resolve(), out_dir.resolve()
-    if dst == src or src.is_relative_to(dst):
-        raise UserError(f"--out {out_dir} contains --model {model_dir}: it would be replaced; choose another folder")
-    if dst.is_relative_to(src):
-        raise UserError(f"--out {out_dir} is inside --model {model_dir}; choose a folder outside it")
+    check_out_outside_inputs(out_dir, {"--model": model_dir}, action="the conversion")
 
 
 def read_attention_config(model_dir: Path) -> dict[str, Any]:

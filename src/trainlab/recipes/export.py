@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from trainlab.errors import UserError
+from trainlab.paths import check_out_outside_inputs
 
 #: ``--dtype`` values (:data:`trainlab.model.saving.SAVE_DTYPES` names).
 EXPORT_DTYPES = ("bf16", "fp16", "fp32")
@@ -49,16 +50,6 @@ def resolve_model_folder(path: str | Path) -> Path:
     if not _is_model_folder(p) and _is_model_folder(p / "model"):
         return p / "model"
     return p  # a model folder, or load_model says what is wrong with it
-
-
-def check_out_folder(model_dir: Path, out_dir: Path) -> None:
-    """Refuse an ``--out`` that is, contains or lies inside the model folder it reads."""
-    src, out = model_dir.expanduser().resolve(), out_dir.expanduser().resolve()
-    if src == out or src.is_relative_to(out):
-        raise UserError(f"--out {out_dir} {'is' if src == out else 'contains'} the --model folder {model_dir}: "
-                        "the export would replace its input; choose another --out")
-    if out.is_relative_to(src):
-        raise UserError(f"--out {out_dir} is inside the --model folder {model_dir}; choose a folder outside it")
 
 
 def load_with_tokenizer(model_dir: Path, *, device: str | None = None) -> tuple[Any, Any]:
@@ -116,7 +107,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, dtype: str | Non
         raise UserError(f"--dtype must be one of {', '.join(EXPORT_DTYPES)}, got {dtype!r}")
     src = Path(model_dir).expanduser() if merge else resolve_model_folder(model_dir)
     out = Path(out_dir).expanduser()
-    check_out_folder(src, out)
+    check_out_outside_inputs(out, {"--model": src}, action="the export")
     merged_from = None
     if merge:
         from trainlab.peft.merge import load_merged

@@ -99,7 +99,8 @@ register_method(AlignMethod(
     name="sft",
     summary="Supervised fine-tuning on prompt/completion records (embedded task data by default).",
     data="sft",
-    objective=lambda a, ref: CausalLMObjective(token_accuracy=True),
+    # the completion logits in chunks where they would pass 32 MiB (align.chunk_size, as the pair losses)
+    objective=lambda a, ref: CausalLMObjective(token_accuracy=True, chunk_size=a.chunk_size),
     reward_beta=lambda a: 1.0,  # judged by the log-likelihood margin of chosen over rejected
 ))
 register_method(AlignMethod(

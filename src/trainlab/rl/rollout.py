@@ -36,8 +36,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from trainlab.align.logprobs import token_logprobs
 from trainlab.model.generate import SamplingParams
+from trainlab.train.token_logprobs import token_logprobs
 
 
 @dataclass

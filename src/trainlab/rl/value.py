@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainlab.align.logprobs import token_logprobs
 from trainlab.rl.reward_model import RewardModel
+from trainlab.train.token_logprobs import token_logprobs
 
 
 def _last(hidden: Tensor, c: int) -> Tensor:

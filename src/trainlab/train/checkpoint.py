@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from trainlab.errors import UserError
+from trainlab.paths import check_out_outside_inputs
 from trainlab.utils import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -184,7 +185,7 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
 def check_run_dirs(out_dir: str | Path, resume: ResumeMode = False, inputs: dict[str, str | Path | None] | None = None,
                    *, force: bool = False) -> None:
     """Before any work: ``out_dir`` must be a folder or creatable as one (no file in the way); ``--resume`` needs
-    ``out_dir/checkpoint.pt``; ``out_dir`` must not be or contain an input;
+    ``out_dir/checkpoint.pt``; ``out_dir`` must not be, contain or lie inside an input (`check_out_outside_inputs`);
     a fresh start (no ``--resume``) does not overwrite the checkpoint of an unfinished run unless ``force``.
 
     ``inputs`` maps an option name (``"--model"``) to the folder it reads. Raises `UserError`.
@@ -193,13 +194,7 @@ def check_run_dirs(out_dir: str | Path, resume: ResumeMode = False, inputs: dict
     existing = next((p for p in (out, *out.parents) if p.exists()), None)
     if existing is not None and not existing.is_dir():
         raise UserError(f"--out {out_dir}: {existing} is not a folder (a file is in the way); choose another --out")
-    for option, path in (inputs or {}).items():
-        if path is None:
-            continue
-        src = Path(path).expanduser().resolve()
-        if src == out or src.is_relative_to(out):
-            raise UserError(f"--out {out_dir} {'is' if src == out else 'contains'} the {option} folder {path}: "
-                            "training would write over its input; choose another --out")
+    check_out_outside_inputs(out_dir, inputs or {}, action="training")
     from trainlab.distributed.checkpoint import DCPCheckpointManager, read_dcp_meta
 
     ckpt: Path | None = out / CHECKPOINT_NAME

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from trainlab.train.token_logprobs import resolve_chunk, weighted_logprob_sum
+
 Batch = dict[str, Tensor]
 IGNORE_INDEX = -100
 
@@ -79,17 +81,22 @@ class CausalLMObjective:
     with ``h = model.hidden_states(...)`` and ``W = model.output_embedding()``. SFT is the same
     objective: its data sets the prompt's labels to ``-100``.
 
-    Two implementation choices, both loss-preserving:
+    Three implementation choices, all loss-preserving:
 
     * Logits are computed only at supervised positions (``h[mask] @ Wᵀ``): padding and masked
       prompt tokens would cost a ``V``-wide matmul and softmax each and contribute nothing.
     * The logit matmul and the softmax run in fp32 even under bf16/fp16 autocast. With a
       vocabulary of thousands, low-precision logits lose the small differences log-softmax
       depends on (bf16 keeps ~3 significant digits), biasing the loss and its gradient.
+    * ``chunk_size`` (``-1``: automatic, as SFT runs it): where the ``[N, V]`` logits would pass
+      32 MiB, they are formed in chunks and each chunk's gradient right away
+      (`trainlab.train.token_logprobs.weighted_logprob_sum`: no logits kept, none recomputed);
+      0 (the default): one pass.
     """
 
-    def __init__(self, *, token_accuracy: bool = True) -> None:
+    def __init__(self, *, token_accuracy: bool = True, chunk_size: int = 0) -> None:
         self.token_accuracy = token_accuracy
+        self.chunk_size = chunk_size
 
     def count(self, batch: Batch) -> int:
         return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum().item())
@@ -100,13 +107,18 @@ class CausalLMObjective:
         mask, targets = supervised_targets(batch["labels"])
         h = hidden[:, :-1][mask]  # [N, D]
         weight = model.output_embedding()  # [V, D]
+        n = int(targets.numel())
+        if resolve_chunk(self.chunk_size, n, weight.shape[0]) > 0:
+            # every token's weight in the loss is known (-1): gradients formed chunk by chunk in the forward
+            total, _, hit = weighted_logprob_sum(h, weight, targets, h.new_ones(n), self.chunk_size)
+            chunked = {"token_acc": float(hit.float().mean().item())} if self.token_accuracy and n else {}
+            return ObjectiveOutput(loss_sum=-total, count=n, metrics=chunked)
         # fp32 at least (fp64 stays fp64: a float64 model is the exactness reference of the tests)
         dtype = torch.promote_types(h.dtype, torch.float32)
         with torch.autocast(device_type=h.device.type, enabled=False):
             logits = h.to(dtype) @ weight.to(dtype).T  # [N, V]
             loss_sum = F.cross_entropy(logits, targets, reduction="sum")
         metrics: dict[str, float] = {}
-        n = int(targets.numel())
         if self.token_accuracy and n:
             with torch.no_grad():
                 metrics["token_acc"] = float((logits.argmax(-1) == targets).float().mean().item())
