@@ -77,11 +77,16 @@ class HFCausalLM(GenerateMixin, nn.Module):
     def custom_mask_max_length(self) -> int:
         """The longest row this model attends to correctly given a custom 4D attention mask (0: none).
 
-        transformers passes a 4D mask through as is with ``sdpa`` and ``eager`` attention (flash and
-        flex attention take none); it then also replaces any sliding window, so rows are limited to
-        the window where the model has one (`trainlab.align.prefix_sharing`).
+        transformers 5 passes a 4D mask through as is with ``sdpa`` and ``eager`` attention for every
+        architecture (`masking_utils`; flash and flex attention take none; 4.x reshaped it in some
+        models, e.g. GPT-2, so there: 0); it then also replaces any sliding window, so rows are limited
+        to the window where the model has one (`trainlab.align.prefix_sharing`).
         """
+        import transformers
+
         cfg = self.model.config
+        if int(transformers.__version__.split(".")[0]) < 5:
+            return 0
         if getattr(cfg, "_attn_implementation", None) not in ("sdpa", "eager"):
             return 0
         if any(kind != "full_attention" for kind in (getattr(cfg, "layer_types", None) or ())):
