@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from trainlab.model.generate import SamplingParams
+from trainlab.model.static_cache import supports_static
 from trainlab.train.token_logprobs import token_logprobs
 
 
@@ -155,10 +156,13 @@ def rollout(policy: nn.Module, prompts_ids: Sequence[Sequence[int]], params: Sam
     step = batch_size if batch_size > 0 else n
     was_training = policy.training
     policy.eval()
+    # trainlab's own decoder samples on the preallocated cache (`trainlab.model.static_cache`), others on theirs
+    cache = "static" if supports_static(policy) else "dynamic"
     try:
         pieces = []
         for s in range(0, n, step):
-            out = policy.generate(prompt_ids[s:s + step], prompt_mask[s:s + step], params, generator=generator)
+            out = policy.generate(prompt_ids[s:s + step], prompt_mask[s:s + step], params, generator=generator,
+                                  cache=cache)
             pieces.append(out[:, prompt_ids.shape[1]:])
         width = max(int(p.shape[1]) for p in pieces)
         completion_ids = torch.full((n, max(width, 1)), params.pad_id, dtype=torch.long, device=device)
