@@ -54,8 +54,9 @@ class PackedPairs:
     """``B`` pairs packed as ``[B, L]`` rows (see the module docstring).
 
     ``input_ids``/``position_ids`` ``[B, L]``; ``allowed`` ``[B, 1, L, L]`` (bool, True = attend);
-    ``shared`` ``[B]``: shared prefix lengths; ``lengths`` ``[B]``: packed lengths;
-    ``hidden_index(rows, positions)`` maps a position of an original row to its packed position.
+    ``shared`` ``[B]``: shared prefix lengths; ``lengths`` ``[B]``: packed lengths; ``chosen_len`` ``[B]``:
+    the chosen rows' lengths (where each rejected row's own tokens start); `packed_position` maps a
+    position of an original row to its packed one.
     """
 
     input_ids: Tensor
