@@ -148,3 +148,53 @@ def test_sliding_window_limits_the_packed_row() -> None:
     got = pair_sequence_logps(model, batch["input_ids"], batch["labels"], batch["attention_mask"])
     ref = sequence_logps(model, batch["input_ids"], batch["labels"], batch["attention_mask"])
     assert torch.equal(got.sum, ref.sum)
+
+
+def _groups(vocab: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GRPO's layout: left-padded prompts then right-padded completions; 2 prompts x 3 completions, then one
+    row of a third prompt (a group cut by a micro-batch)."""
+    from trainlab.rl.rollout import left_pad
+
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(3, vocab, (n,), generator=g).tolist() for n in (5, 9, 4)]
+    rows = [prompts[0]] * 3 + [prompts[1]] * 3 + [prompts[2]]
+    prompt_ids, prompt_mask = left_pad(rows, 0, torch.device("cpu"))
+    lengths = [6, 2, 8, 8, 5, 1, 3]
+    comp = torch.zeros(len(rows), 8, dtype=torch.long)
+    comp_mask = torch.zeros(len(rows), 8, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        comp[i, :n] = torch.randint(3, vocab, (n,), generator=g)
+        comp_mask[i, :n] = 1
+    score = comp_mask.clone()
+    score[2, 6:] = 0  # a token attended to but not scored (e.g. masked out of the loss)
+    return (torch.cat([prompt_ids, comp], 1), torch.cat([prompt_mask, comp_mask], 1), score)
+
+
+@pytest.mark.parametrize("arch", ["decoder", "llama", "gpt2"])
+def test_grpo_groups_packed_equal_their_rows(arch: str) -> None:
+    from trainlab.align.prefix_sharing import group_token_logps
+    from trainlab.rl.rollout import sequence_token_logps
+
+    torch.manual_seed(0)
+    model = tiny_decoder(vocab=300) if arch == "decoder" else _hf(arch, "sdpa")
+    model.train() if arch == "decoder" else model.eval()
+    vocab = 300 if arch == "decoder" else model.config.vocab_size
+    ids, att, score = _groups(vocab)
+    params = [p for p in model.parameters() if p.requires_grad]
+    ref = sequence_token_logps(model, ids, att, score)
+    ref.sum().backward()
+    ref_grads = [p.grad.clone() for p in params]
+    model.zero_grad()
+    got = group_token_logps(model, ids, att, score)
+    assert got is not None
+    got.sum().backward()
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    assert torch.equal(got == 0, ref == 0)  # the same tokens scored
+    for p, g in zip(params, ref_grads, strict=True):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(sequence_token_logps(model, ids, att, score, share_prefix=True), got, rtol=0, atol=0)
+    # nothing to share (every prompt different) or no custom mask: None, and the rows are scored as they are
+    assert group_token_logps(model, ids[[0, 3, 6]], att[[0, 3, 6]], score[[0, 3, 6]]) is None
+    naive = tiny_decoder(vocab=300)
+    naive.config.attention = "naive"
+    assert group_token_logps(naive, ids, att, score) is None

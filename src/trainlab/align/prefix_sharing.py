@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from trainlab.align.logprobs import SequenceLogps, score_hidden, sequence_logps
+from trainlab.train.token_logprobs import token_logprobs
 
 #: The largest packed mask ``B·L·L`` built (128 Mi booleans, e.g. 8 rows of 4,096); longer batches run as two
 #: rows per pair, where the mask would cost more than the prompt's activations save on small models.
@@ -148,6 +149,84 @@ def pair_sequence_logps(model: Any, input_ids: Tensor, labels: Tensor, attention
                         fused_weights=fused_weights)
 
 
+def group_token_logps(model: Any, input_ids: Tensor, attention_mask: Tensor, score_mask: Tensor, *,
+                      chunk_size: int = 0) -> Tensor | None:
+    """Per-token log-probs ``[N, C]`` of completions that share prompts in groups (GRPO, RLOO), each group
+    packed as one row ``[prompt, c_1, ..., c_k]``; None where that does not apply (then score the rows).
+
+    ``input_ids``/``attention_mask`` ``[N, P + C]``: left-padded prompts, then right-padded completions;
+    consecutive rows with the same prompt columns form a group. ``c_j`` attends to the prompt and to
+    itself (segment ``j``), its positions continue the prompt's, so each token sees what it sees in its
+    own row (the module docstring's mask with ``k`` instead of two own segments). None when the model
+    takes no custom mask, no two consecutive rows share a prompt, a prompt is empty, a completion's
+    attention is not a prefix, or the packed mask would pass `MAX_MASK_ELEMENTS`.
+    """
+    n, t = input_ids.shape
+    c = score_mask.shape[1]
+    p_cols = t - c
+    limit = custom_mask_limit(model)
+    if limit <= 0 or n < 2 or p_cols <= 0:
+        return None
+    device = input_ids.device
+    prompt, pmask = input_ids[:, :p_cols], attention_mask[:, :p_cols]
+    same = ((prompt[1:] == prompt[:-1]) & (pmask[1:] == pmask[:-1])).all(dim=1)
+    if not bool(same.any()):
+        return None
+    cmask = attention_mask[:, p_cols:].bool()
+    comp_len = cmask.sum(dim=1)
+    if not bool((cmask == (torch.arange(c, device=device)[None, :] < comp_len[:, None])).all()):
+        return None
+    p_len = pmask.sum(dim=1)
+    if bool((p_len == 0).any()) or bool((score_mask.bool() & ~cmask).any()):
+        return None
+    starts = [0] + [i for i in range(1, n) if not bool(same[i - 1])]
+    bounds = list(zip(starts, [*starts[1:], n], strict=True))
+    plen, clen = p_len.tolist(), comp_len.tolist()
+    lengths = [plen[a] + sum(clen[a:b]) for a, b in bounds]
+    width = -(-max(lengths) // 8) * 8
+    g = len(bounds)
+    if width > limit or g * width * width > MAX_MASK_ELEMENTS:
+        return None
+    src_row = torch.zeros(g, width, dtype=torch.long)
+    src_col = torch.zeros(g, width, dtype=torch.long)
+    pos = torch.zeros(g, width, dtype=torch.long)
+    seg = torch.full((g, width), -1, dtype=torch.long)
+    start = torch.zeros(n, dtype=torch.long)  # packed column of each row's first completion token
+    for gi, (a, b) in enumerate(bounds):
+        pl = plen[a]
+        src_row[gi, :pl] = a
+        src_col[gi, :pl] = torch.arange(p_cols - pl, p_cols)
+        pos[gi, :pl] = torch.arange(pl)
+        seg[gi, :pl] = 0
+        col = pl
+        for j, row in enumerate(range(a, b)):
+            cl = clen[row]
+            src_row[gi, col:col + cl] = row
+            src_col[gi, col:col + cl] = torch.arange(p_cols, p_cols + cl)
+            pos[gi, col:col + cl] = torch.arange(pl, pl + cl)
+            seg[gi, col:col + cl] = j + 1
+            start[row] = col
+            col += cl
+    src_row, src_col, pos, seg = (x.to(device) for x in (src_row, src_col, pos, seg))
+    ids = torch.where(seg >= 0, input_ids[src_row, src_col], torch.zeros_like(src_row))
+    q, k = seg[:, :, None], seg[:, None, :]
+    j = torch.arange(width, device=device)
+    allowed = (j[:, None] >= j[None, :])[None] & ((k == 0) | (k == q)) & (k >= 0)
+    allowed |= torch.eye(width, dtype=torch.bool, device=device)[None]
+    hidden = model.hidden_states(ids, attention_mask=allowed[:, None], position_ids=pos)  # [G, W, D]
+    group_of = torch.repeat_interleave(torch.arange(g, device=device),
+                                       torch.tensor([b - a for a, b in bounds], device=device))
+    scored = score_mask.bool()
+    rows, cols = scored.nonzero(as_tuple=True)
+    # completion token t of a row is predicted by the last prompt token (t = 0) or by its own token t - 1
+    first = (p_len.to(device) - 1)[rows]
+    at = torch.where(cols == 0, first, start.to(device)[rows] + cols - 1)
+    h = hidden[group_of[rows], at]
+    tok = token_logprobs(h, model.output_embedding(), input_ids[:, p_cols:][scored], chunk_size)
+    out = torch.zeros(score_mask.shape, dtype=tok.dtype, device=tok.device)
+    return out.masked_scatter(scored, tok)
+
+
 def shares_prefix(model: Any, enabled: bool = True) -> tuple[bool, str]:
     """Whether pair batches of ``model`` run with prefix sharing, and why (for the run summary)."""
     if not enabled:
@@ -158,5 +237,5 @@ def shares_prefix(model: Any, enabled: bool = True) -> tuple[bool, str]:
     return True, "on: each pair's prompt is computed once (one packed row per pair)"
 
 
-__all__ = ["MAX_MASK_ELEMENTS", "PackedPairs", "custom_mask_limit", "pack_pairs", "pair_sequence_logps",
-           "shares_prefix"]
+__all__ = ["MAX_MASK_ELEMENTS", "PackedPairs", "custom_mask_limit", "group_token_logps", "pack_pairs",
+           "pair_sequence_logps", "shares_prefix"]

@@ -100,11 +100,13 @@ class RolloutBatcher:
     def __init__(self, policy: nn.Module, tokenizer: Any, items: Sequence[PromptItem], rl: RLConfig,
                  reward_fn: RewardFn, *, micro_batch: int, seed: int = 0, reference: nn.Module | None = None,
                  autocast: Callable[[], Any] | None = None, chunk_size: int = 0, track_kl: bool = False,
+                 share_prefix: bool = False,
                  reward_passes: int = 0) -> None:
         if not items:
             raise UserError("no training prompts")
         self.policy, self.tokenizer, self.items, self.rl = policy, tokenizer, list(items), rl
         self.reward_fn, self.reference, self.autocast, self.chunk_size = reward_fn, reference, autocast, chunk_size
+        self.share_prefix = share_prefix
         self.micro_batch = max(1, micro_batch)
         self.seed = seed
         self.track_kl = track_kl and reference is not None
@@ -163,7 +165,7 @@ class RolloutBatcher:
         with_ref = self.reference is not None and (rl.beta > 0 or self.track_kl)
         r = rollout(self.policy, [self.ids[i] for i in chosen], self.params, rl.group_size, generator=gen,
                     old_logps=rl.updates_per_rollout > 1, reference=self.reference if with_ref else None,
-                    autocast=self.autocast, chunk_size=self.chunk_size)
+                    autocast=self.autocast, chunk_size=self.chunk_size, share_prefix=self.share_prefix)
         t_gen = time.perf_counter() - t0
         items = [self.items[i] for i in chosen for _ in range(rl.group_size)]
         texts, ids = self._decode(r)
@@ -176,7 +178,8 @@ class RolloutBatcher:
         if rl.mask_truncated:
             loss_mask[~r.eos] = 0
         if r.old_logps is None and r.ref_logps is not None and rl.beta > 0 and rl.estimator in ("rloo", "reinforce_pp"):
-            r.old_logps = _logps(self.policy, r, self.autocast, self.chunk_size)  # the KL in the reward needs π_old
+            # the KL in the reward needs π_old
+            r.old_logps = _logps(self.policy, r, self.autocast, self.chunk_size, self.share_prefix)
         adv = self._advantages(rewards.to(device), r, loss_mask)
         stats = group_stats(rewards, rl.group_size)
         if self.reward_fn is not oracle_reward and all(it.record is not None for it in items):
@@ -232,12 +235,13 @@ class RolloutBatcher:
 
 
 @torch.no_grad()
-def _logps(model: nn.Module, r: Rollout, autocast: Callable[[], Any] | None, chunk_size: int) -> Tensor:
+def _logps(model: nn.Module, r: Rollout, autocast: Callable[[], Any] | None, chunk_size: int,
+           share_prefix: bool = False) -> Tensor:
     import contextlib
 
     with autocast() if autocast is not None else contextlib.nullcontext():
         return sequence_token_logps(model, r.sequences, r.attention_mask, r.completion_mask,
-                                    chunk_size=chunk_size).float()
+                                    chunk_size=chunk_size, share_prefix=share_prefix).float()
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,10 +252,11 @@ def _logps(model: nn.Module, r: Rollout, autocast: Callable[[], Any] | None, chu
 class GRPOObjective:
     """The clipped policy loss of a micro-batch of completions (`trainlab.rl.policy_loss`)."""
 
-    def __init__(self, rl: RLConfig, *, chunk_size: int = 0) -> None:
+    def __init__(self, rl: RLConfig, *, chunk_size: int = 0, share_prefix: bool = False) -> None:
         self.rl = rl
         self.agg = rl.agg
         self.chunk_size = chunk_size
+        self.share_prefix = share_prefix  # a group's completions as one packed row (`sequence_token_logps`)
 
     def count(self, batch: Batch) -> float:
         return agg_count(batch["completion_mask"], self.agg)
@@ -262,7 +267,8 @@ class GRPOObjective:
         att = batch["attention_mask"]
         c = batch["completion_mask"].shape[1]
         gen_mask = att[:, att.shape[1] - c:]
-        logps = sequence_token_logps(model, batch["input_ids"], att, gen_mask, chunk_size=self.chunk_size)
+        logps = sequence_token_logps(model, batch["input_ids"], att, gen_mask, chunk_size=self.chunk_size,
+                                     share_prefix=self.share_prefix)
         loss_sum, count, metrics = policy_loss(
             logps, batch.get("old_logps"), batch["advantages"], batch["completion_mask"], rl.eps_low, rl.eps_hi,
             self.agg, ref_logps=batch.get("ref_logps"), beta=rl.beta if not rl.kl_in_reward else 0.0,

@@ -95,8 +95,9 @@ def run_grpo(cfg: RLRunConfig, model_path: str | Path, out_dir: str | Path, *, r
                                  seed=cfg.train.seed, reference=reference,
                                  autocast=lambda: autocast_context(device, cfg.train.precision),
                                  chunk_size=cfg.align.chunk_size, track_kl=track_kl,
+                                 share_prefix=cfg.align.share_prefix,
                                  reward_passes=int(rl.reward == "model"))
-        objective = GRPOObjective(rl, chunk_size=cfg.align.chunk_size)
+        objective = GRPOObjective(rl, chunk_size=cfg.align.chunk_size, share_prefix=cfg.align.share_prefix)
         eval_fn = _eval_fn(tokenizer, eval_records) if (evaluate_oracle and eval_records and cfg.train.eval_every) \
             else None
         identity = {"method": f"rl-{rl.estimator}", "model": folder_fingerprint(model_path),

@@ -96,21 +96,30 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device | 
 
 
 def completion_logps(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
-                     completion_mask: Tensor, *, chunk_size: int = 0) -> Tensor:
+                     completion_mask: Tensor, *, chunk_size: int = 0, share_prefix: bool = False) -> Tensor:
     """Per-token ``log π(y_t | x, y_<t)`` ``[N, C]`` fp32 (0 where ``completion_mask`` is 0); differentiable.
 
     The hidden state at the last prompt column scores the first completion token, and so on.
     """
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
     attention_mask = torch.cat([prompt_mask, completion_mask.to(prompt_mask.dtype)], dim=1)
-    return sequence_token_logps(model, input_ids, attention_mask, completion_mask, chunk_size=chunk_size)
+    return sequence_token_logps(model, input_ids, attention_mask, completion_mask, chunk_size=chunk_size,
+                                share_prefix=share_prefix)
 
 
 def sequence_token_logps(model: Any, input_ids: Tensor, attention_mask: Tensor, score_mask: Tensor, *,
-                         chunk_size: int = 0) -> Tensor:
+                         chunk_size: int = 0, share_prefix: bool = False) -> Tensor:
     """``[N, C]`` log-probs of the last ``C = score_mask.shape[1]`` tokens of ``input_ids`` where
     ``score_mask`` is 1 (0 elsewhere); the attention follows ``attention_mask`` (a scored-out token
-    may still be attended to, e.g. a truncated completion masked out of the loss)."""
+    may still be attended to, e.g. a truncated completion masked out of the loss). ``share_prefix``:
+    the first ``T - C`` columns are prompts, consecutive rows with the same prompt a group: each group
+    runs as one packed row where the model allows it (`trainlab.align.prefix_sharing.group_token_logps`)."""
+    if share_prefix:
+        from trainlab.align.prefix_sharing import group_token_logps
+
+        packed = group_token_logps(model, input_ids, attention_mask, score_mask, chunk_size=chunk_size)
+        if packed is not None:
+            return packed
     hidden = model.hidden_states(input_ids, attention_mask=attention_mask)  # [N, T, D]
     c = score_mask.shape[1]
     t = input_ids.shape[1]
@@ -137,13 +146,14 @@ def completion_mask_from(completion_ids: Tensor, eos_ids: Sequence[int]) -> tupl
 @torch.no_grad()
 def rollout(policy: nn.Module, prompts_ids: Sequence[Sequence[int]], params: SamplingParams, group_size: int, *,
             generator: torch.Generator | None = None, old_logps: bool = True, reference: nn.Module | None = None,
-            autocast: Any = None, chunk_size: int = 0, batch_size: int = 0) -> Rollout:
+            autocast: Any = None, chunk_size: int = 0, batch_size: int = 0, share_prefix: bool = False) -> Rollout:
     """Sample ``group_size`` completions of every prompt with ``policy`` (see the module docstring).
 
     ``params`` must name the EOS ids (``eos_token_id``) and the pad id; ``generator`` seeds sampling;
     ``old_logps``: recompute the sampling policy's per-token log-probs (False: leave ``None``);
     ``reference``: also the reference's; ``autocast``: a context manager factory for the training
-    dtype's forward (None: fp32); ``batch_size``: rows per generate / forward call (0: all at once).
+    dtype's forward (None: fp32); ``batch_size``: rows per generate / forward call (0: all at once);
+    ``share_prefix``: score each group's completions as one packed row (`sequence_token_logps`).
     """
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
@@ -182,7 +192,7 @@ def rollout(policy: nn.Module, prompts_ids: Sequence[Sequence[int]], params: Sam
                 for s in range(0, n, step):
                     parts.append(completion_logps(model, prompt_ids[s:s + step], prompt_mask[s:s + step],
                                                   completion_ids[s:s + step], completion_mask[s:s + step],
-                                                  chunk_size=chunk_size).float())
+                                                  chunk_size=chunk_size, share_prefix=share_prefix).float())
             return torch.cat(parts)
 
         if old_logps:
