@@ -92,9 +92,10 @@ def _trl_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], center: fl
     return RewardTrainer.compute_loss(trainer, model, inputs)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("share", [False, True])
 @pytest.mark.parametrize(("backbone", "margin", "center"), [
     ("decoder", False, None), ("decoder", True, 0.01), ("gpt2", False, 0.01), ("gpt2", True, None)])
-def test_loss_and_gradients_equal_trl_reward_trainer(backbone: str, margin: bool, center: float | None,
+def test_loss_and_gradients_equal_trl_reward_trainer(backbone: str, margin: bool, center: float | None, share: bool,
                                                      tmp_path: Path) -> None:
     if backbone == "decoder":
         rm = reward_model_from_decoder(tiny_decoder(1), pad_token_id=0)
@@ -116,7 +117,13 @@ def test_loss_and_gradients_equal_trl_reward_trainer(backbone: str, margin: bool
     batch = _pairs(vocab, pad, n=4, seed=3)
     if margin:
         batch["margin"] = torch.tensor([0.5, 0.0, 1.0, -0.25])
-    objective = RewardObjective(center_rewards_coefficient=center)
+    objective = RewardObjective(center_rewards_coefficient=center, share_prefix=share)
+    if share:  # each pair's prompt computed once (one packed row): the same rewards as TRL's two rows
+        from trainlab.rl.reward_model import pair_rewards_packed
+
+        packed = pair_rewards_packed(rm, batch["input_ids"], batch["attention_mask"])
+        assert packed is not None
+        torch.testing.assert_close(packed, rm(batch["input_ids"], batch["attention_mask"]), rtol=1e-5, atol=1e-5)
     res = objective(rm, batch)
     assert res.count == 4
     (res.loss_sum / res.count).backward()

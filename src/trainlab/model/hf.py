@@ -48,6 +48,40 @@ def _nonlinear_head_reason(model: Any) -> str | None:
     return None
 
 
+def custom_mask_limit_of(cfg: Any) -> int:
+    """The longest row a transformers model with config ``cfg`` attends to correctly given a custom 4D
+    attention mask (0: none).
+
+    transformers 5 passes a 4D mask through as is with ``sdpa`` and ``eager`` attention for every
+    architecture (`masking_utils`; flash and flex attention take none; 4.x reshaped it in some
+    models, e.g. GPT-2, so there: 0); it then also replaces any sliding window, so rows are limited
+    to the window where the model has one (`trainlab.align.prefix_sharing`).
+    """
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) < 5:
+        return 0
+    if getattr(cfg, "_attn_implementation", None) not in ("sdpa", "eager"):
+        return 0
+    if any(kind != "full_attention" for kind in (getattr(cfg, "layer_types", None) or ())):
+        return 0
+    window = getattr(cfg, "sliding_window", None)
+    if window and getattr(cfg, "use_sliding_window", True):
+        return int(window)
+    return 1 << 62
+
+
+def mask_argument(model: Any, attention_mask: Tensor | None) -> Tensor | None:
+    """A 4D boolean mask (True: attend) as ``model``'s attention implementation takes it (eager: additive)."""
+    if attention_mask is None or attention_mask.dim() != 4 or attention_mask.dtype != torch.bool:
+        return attention_mask
+    if model.config._attn_implementation == "eager":
+        dtype = next(model.parameters()).dtype
+        return torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device).masked_fill_(
+            ~attention_mask, torch.finfo(dtype).min)
+    return attention_mask
+
+
 class HFCausalLM(GenerateMixin, nn.Module):
     """Wrap a ``transformers`` ``*ForCausalLM`` model (and optionally its tokenizer)."""
 
@@ -75,36 +109,12 @@ class HFCausalLM(GenerateMixin, nn.Module):
         return position_ids
 
     def custom_mask_max_length(self) -> int:
-        """The longest row this model attends to correctly given a custom 4D attention mask (0: none).
-
-        transformers 5 passes a 4D mask through as is with ``sdpa`` and ``eager`` attention for every
-        architecture (`masking_utils`; flash and flex attention take none; 4.x reshaped it in some
-        models, e.g. GPT-2, so there: 0); it then also replaces any sliding window, so rows are limited
-        to the window where the model has one (`trainlab.align.prefix_sharing`).
-        """
-        import transformers
-
-        cfg = self.model.config
-        if int(transformers.__version__.split(".")[0]) < 5:
-            return 0
-        if getattr(cfg, "_attn_implementation", None) not in ("sdpa", "eager"):
-            return 0
-        if any(kind != "full_attention" for kind in (getattr(cfg, "layer_types", None) or ())):
-            return 0
-        window = getattr(cfg, "sliding_window", None)
-        if window and getattr(cfg, "use_sliding_window", True):
-            return int(window)
-        return 1 << 62
+        """The longest row this model attends to correctly given a custom 4D attention mask (0: none);
+        see `custom_mask_limit_of`."""
+        return custom_mask_limit_of(self.model.config)
 
     def _mask_argument(self, attention_mask: Tensor | None) -> Tensor | None:
-        """A 4D boolean mask (True: attend) as the attention implementation takes it (eager: additive)."""
-        if attention_mask is None or attention_mask.dim() != 4 or attention_mask.dtype != torch.bool:
-            return attention_mask
-        if self.model.config._attn_implementation == "eager":
-            dtype = next(self.model.parameters()).dtype
-            return torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device).masked_fill_(
-                ~attention_mask, torch.finfo(dtype).min)
-        return attention_mask
+        return mask_argument(self.model, attention_mask)
 
     def hidden_states(
         self,

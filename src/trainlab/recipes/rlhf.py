@@ -144,7 +144,8 @@ def run_reward_model(cfg: RLRunConfig, model_dir: str | Path, out_dir: str | Pat
     check_reward_vocab(rm, data.train)
     pad = int(rm.pad_token_id if rm.pad_token_id is not None else data.pad_id)
     r = cfg.rl
-    objective = RewardObjective(margin=r.rm_margin, center_rewards_coefficient=r.center_rewards_coefficient)
+    objective = RewardObjective(margin=r.rm_margin, center_rewards_coefficient=r.center_rewards_coefficient,
+                                share_prefix=cfg.align.share_prefix)
     collate = partial(collate_preference, pad_id=pad)
 
     def eval_fn(m: Any) -> dict[str, float]:

@@ -119,13 +119,29 @@ class RewardModel(nn.Module):
             return int(self.body.get_input_embeddings().weight.shape[0])
         return int(self.backbone.embed.weight.shape[0])
 
+    def custom_mask_max_length(self) -> int:
+        """Rows up to this length take a custom ``[B, 1, T, T]`` mask (0: none), as the body allows
+        (`trainlab.align.prefix_sharing`)."""
+        if self.kind == "hf":
+            from trainlab.model.hf import custom_mask_limit_of
+
+            return custom_mask_limit_of(self.seqcls.config)
+        from trainlab.align.prefix_sharing import custom_mask_limit
+
+        return custom_mask_limit(self.backbone)
+
     def hidden_states(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                       position_ids: Tensor | None = None) -> Tensor:
-        """Final-normed hidden states ``[B, T, D]`` (positions ``cumsum(mask) - 1``, as the policy's)."""
+        """Final-normed hidden states ``[B, T, D]`` (positions ``cumsum(mask) - 1``, as the policy's);
+        a boolean ``[B, 1, T, T]`` mask with ``position_ids`` where `custom_mask_max_length` allows it."""
+        if attention_mask is not None and attention_mask.dim() == 4 and position_ids is None:
+            raise ValueError("a [B, 1, T, T] attention mask needs position_ids")
         position_ids = _positions(attention_mask, position_ids)
         if self.kind == "hf":
-            out = self.body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                 use_cache=False)
+            from trainlab.model.hf import mask_argument
+
+            out = self.body(input_ids=input_ids, attention_mask=mask_argument(self.seqcls, attention_mask),
+                            position_ids=position_ids, use_cache=False)
             return out.last_hidden_state
         return self.body.hidden_states(input_ids, attention_mask, position_ids)
 
@@ -405,15 +421,20 @@ class RewardObjective:
     Metrics are TRL's names: ``accuracy`` (r_c > r_r), ``margin`` (mean r_c − r_r), ``mean_reward``.
     """
 
-    def __init__(self, *, margin: float = 0.0, center_rewards_coefficient: float | None = None) -> None:
+    def __init__(self, *, margin: float = 0.0, center_rewards_coefficient: float | None = None,
+                 share_prefix: bool = False) -> None:
         self.margin = margin
         self.center = center_rewards_coefficient
+        self.share_prefix = share_prefix  # each pair's prompt computed once (`pair_rewards_packed`)
 
     def count(self, batch: Batch) -> int:
         return int(batch["input_ids"].shape[0]) // 2
 
     def __call__(self, model: nn.Module, batch: Batch) -> ObjectiveOutput:
-        rewards = model(batch["input_ids"], batch.get("attention_mask"))  # [2B]
+        rewards = pair_rewards_packed(model, batch["input_ids"], batch.get("attention_mask")) if self.share_prefix \
+            else None
+        if rewards is None:
+            rewards = model(batch["input_ids"], batch.get("attention_mask"))  # [2B]
         chosen, rejected = rewards.chunk(2)
         margin = batch["margin"].to(rewards.dtype) if "margin" in batch else self.margin
         loss = bradley_terry_loss(chosen, rejected, margin, self.center)
@@ -422,6 +443,24 @@ class RewardObjective:
             metrics = {"accuracy": float((diff > 0).float().mean()), "margin": float(diff.mean()),
                        "mean_reward": float(rewards.mean())}
         return ObjectiveOutput(loss_sum=loss.sum(), count=int(chosen.numel()), metrics=metrics)
+
+
+def pair_rewards_packed(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None) -> Tensor | None:
+    """``[2B]`` rewards of a preference batch with each pair packed as one row ``[prompt, chosen, rejected]``
+    (`trainlab.align.prefix_sharing`): each row's score is read at its last non-pad token's packed
+    position, which sees what it sees in its own row. None where packing does not apply."""
+    from trainlab.align.prefix_sharing import MAX_MASK_ELEMENTS, custom_mask_limit, pack_pairs
+
+    if not isinstance(model, RewardModel) or input_ids.shape[0] % 2:
+        return None
+    limit = custom_mask_limit(model)
+    packed = pack_pairs(input_ids, attention_mask) if limit > 0 else None
+    if packed is None or packed.input_ids.shape[1] > limit or packed.allowed.numel() > MAX_MASK_ELEMENTS:
+        return None
+    h = model.hidden_states(packed.input_ids, packed.allowed, packed.position_ids)
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+    pair, at = packed.packed_position(rows, last_token_index(input_ids, model.pad_token_id))
+    return model._apply_score(h[pair, at])
 
 
 def _device(model: nn.Module) -> torch.device:
