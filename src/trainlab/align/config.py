@@ -69,9 +69,10 @@ class AlignConfig(StrictModel):
                          "mismatched pairs; false: z₀ = 0")
     reference: ReferenceMode = Field("cached", description="DPO/KTO: 'cached' computes the reference "
                                      "log-probs once before training; 'frozen' keeps a frozen copy")
-    share_prefix: bool = Field(True, description="preference pairs: compute each pair's common prompt once (one "
-                               "packed row, chosen and rejected masked from each other; same log-probs) where the "
-                               "model takes a custom attention mask; false: two rows per pair, as TRL")
+    share_prefix: bool = Field(True, description="preference pairs (and reward-model pairs, GRPO/RLOO groups): "
+                               "compute each pair's common prompt once (one packed row, the completions masked from "
+                               "each other; same log-probs) where the model takes a custom attention mask; false: "
+                               "one row per completion, as TRL")
     chunk_size: int = Field(-1, ge=-1, description="completion tokens per log-softmax chunk (every method, SFT "
                             "too); 0: all at once; -1: automatic (at most 32 MiB of fp32 logits at a time)")
     max_length: int | None = Field(None, gt=1, description="TRL's max_length: tokens of prompt + completion "
