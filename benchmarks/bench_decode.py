@@ -34,10 +34,11 @@ from typing import Any
 
 import torch
 
+from trainlab.report.render import write_region
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 BENCH_MD = ROOT / "BENCHMARKS.md"
-BEGIN, END = "<!-- bench_decode:begin -->", "<!-- bench_decode:end -->"
 GRIDS = {  # (batches at batch_context, batch_context, contexts at context_batch, context_batch)
     "default": ((1, 8, 32), 128, (128, 512, 2048), 1),
     "quick": ((1, 4, 16, 64), 128, (128, 512, 1024, 2048, 4096), 4),
@@ -153,19 +154,15 @@ def summary_markdown(data: dict[str, Any]) -> str:
 
 
 def write_md(section: str) -> None:
-    text = BENCH_MD.read_text(encoding="utf-8")
-    block = f"{BEGIN}\n{section}{END}"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n## Decoding with a KV cache (`benchmarks/bench_decode.py`)\n\n" + (
+    write_region(
+        BENCH_MD, "bench_decode", section,
+        heading="## Decoding with a KV cache (`benchmarks/bench_decode.py`)\n\n" + (
             "Ours (the decoder's dynamic cache, and `generate(..., cache=\"static\")`) vs transformers' "
             "`generate` on the exported folder, for MHA and its GQA/MQA conversions of the same size, side by "
             "side in one run. Decode step = the shortest time-stamped step of the best round (one token per "
             "row); end to end = prompt prefill + all new tokens, so long contexts are prefill-bound and the "
             "prefill is the same forward pass in all three. `python benchmarks/bench_decode.py --grid quick "
-            "--write-md` regenerates this section.\n\n") + block + "\n"
-    BENCH_MD.write_text(text, encoding="utf-8")
+            "--write-md` regenerates this section.\n\n"))
 
 
 def main() -> None:

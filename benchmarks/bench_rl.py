@@ -35,10 +35,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from trainlab.report.render import write_region
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 BENCH_MD = ROOT / "BENCHMARKS.md"
-BEGIN, END = "<!-- bench_rl:begin -->", "<!-- bench_rl:end -->"
 
 
 def count_digits(completions: list[str], **_: Any) -> list[float]:
@@ -187,16 +188,12 @@ def section(res: dict[str, Any]) -> str:
 
 
 def write_md(text: str) -> None:
-    doc = BENCH_MD.read_text(encoding="utf-8")
-    block = f"{BEGIN}\n{text}{END}"
-    if BEGIN in doc and END in doc:
-        doc = doc[: doc.index(BEGIN)] + block + doc[doc.index(END) + len(END):]
-    else:
-        doc = doc.rstrip("\n") + "\n\n## GRPO (`benchmarks/bench_rl.py`)\n\n" + (
+    write_region(
+        BENCH_MD, "bench_rl", text,
+        heading="## GRPO (`benchmarks/bench_rl.py`)\n\n" + (
             "trainlab's GRPO (KV-cache sampling, one training loop) against TRL 1.16's GRPOTrainer on the same "
             "random Llama, prompts, group size, completion length and reward function, each side in its own "
-            "process. `python benchmarks/bench_rl.py --write-md` regenerates this section.\n\n") + block + "\n"
-    BENCH_MD.write_text(doc, encoding="utf-8")
+            "process. `python benchmarks/bench_rl.py --write-md` regenerates this section.\n\n"))
 
 
 def main() -> None:

@@ -175,3 +175,19 @@ def write_report(suite: SuiteResult, out_dir: str | Path) -> dict[str, Path]:
     page = render_html(suite)
     atomic_write(paths["html"], lambda p: p.write_text(page, encoding="utf-8"))
     return paths
+
+
+def write_region(path: str | Path, name: str, content: str, *, heading: str = "") -> None:
+    """Put ``content`` between ``<!-- name:begin -->`` and ``<!-- name:end -->`` in the Markdown file ``path``
+    (the generated part of a hand-written page, e.g. a benchmark's table in BENCHMARKS.md); where the region
+    is not there yet, ``heading`` and the region are appended."""
+    path = Path(path)
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    block = f"{begin}\n{content}{end}"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + heading + block + "\n"
+    path.write_text(text, encoding="utf-8")
+
